@@ -1,0 +1,218 @@
+"""The patchscope command line. The only place that maps errors to exit codes.
+
+Exit codes: 0 verdict met, 1 verdict not met, 2 bad input or infrastructure
+failure, 130 interrupted (which also aborts a ``git bisect run``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Any, Sequence
+
+from . import __version__
+from .config import Config, default_config, load_config, with_overrides
+from .errors import PatchscopeError
+from .fetch import note_stderr
+from .image import cached_kernels, prepare_kernel
+from .refs import DEFAULT_KERNEL, list_recipes, parse_ref
+from .report import junit, summary_line
+from .run import RunRequest, artifacts_dir, check_mode, check_saved, execute, rejudge
+
+EXIT_PASS, EXIT_FAIL, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+DEFAULT_ARTIFACTS = Path("patchscope-out")
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="patchscope", description=(
+        "Boot real x86-64 kernels in QEMU and judge each run against a YAML expectation."))
+    p.add_argument("--version", action="version", version=f"patchscope {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="boot each config and judge it against its expectation")
+    run.add_argument("configs", nargs="+", type=Path, metavar="CONFIG.yaml")
+    run.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS, metavar="DIR",
+                     help="where each run's artefacts go: DIR/<name>/<mode>/ (default: %(default)s)")
+    _machine_options(run)
+    run.add_argument("--junit", type=Path, metavar="FILE", help="also write JUnit XML here")
+    run.add_argument("--json", action="store_true", help="print each result.json on stdout")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+
+    check = sub.add_parser("check", help="re-judge a saved console log or artefacts directory; boots nothing")
+    check.add_argument("path", type=Path, metavar="LOG|DIR")
+    check.add_argument("--expect", type=Path, metavar="CONFIG.yaml", help="judge against this config's expect:")
+    check.add_argument("--json", action="store_true", help="print the observation as JSON")
+
+    boot = sub.add_parser("boot", help="boot interactively: console attached, Ctrl-] quits")
+    boot.add_argument("--kernel", default=DEFAULT_KERNEL, help="kernel reference (default: %(default)s)")
+    boot.add_argument("--mode", default="native", help="native (xen-pv: not yet)")
+    boot.add_argument("--cmdline", action="append", default=[], metavar="ARGS",
+                      help="extra kernel arguments (repeatable)")
+    boot.add_argument("--initramfs", default="default", help="default, none, or a cpio file")
+    boot.add_argument("--accel", choices=("tcg", "kvm", "auto"), default="tcg")
+    boot.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS, metavar="DIR")
+
+    kernels = sub.add_parser("kernels", help="list or fetch kernels")
+    ksub = kernels.add_subparsers(dest="kcommand", required=True, metavar="ACTION")
+    ksub.add_parser("list", help="recipes in kernels/ and kernels prepared in the cache")
+    fetch = ksub.add_parser("fetch", help="download and prepare a kernel (symbols included)")
+    fetch.add_argument("ref", nargs="?", default=DEFAULT_KERNEL)
+    return p
+
+
+def _machine_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mode", action="append", choices=("native", "xen-pv"),
+                   help="run in this mode instead of the config's (repeatable)")
+    p.add_argument("--kernel", help="kernel reference instead of the config's")
+    p.add_argument("--cmdline", action="append", default=[], metavar="ARGS",
+                   help="extra kernel arguments, after the config's (repeatable)")
+    p.add_argument("--timeout", type=float, help="seconds before the run counts as hung")
+    p.add_argument("--accel", choices=("tcg", "kvm", "auto"), default="tcg",
+                   help="tcg (default), kvm, or auto: KVM only if a probe boots the kernel")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        return _dispatch(args)
+    except PatchscopeError as err:
+        print(f"patchscope: error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("patchscope: interrupted; QEMU stopped, artefacts kept", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        return cmd_run(args)
+    if args.command == "check":
+        return cmd_check(args)
+    if args.command == "boot":
+        return cmd_boot(args)
+    return cmd_kernels(args)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    note = _quiet if args.quiet else note_stderr
+    # Every config is validated before anything boots.
+    configs: list[Config] = [
+        with_overrides(load_config(path), modes=tuple(args.mode) if args.mode else None,
+                       timeout=args.timeout, extra_cmdline=tuple(args.cmdline), kernel=args.kernel)
+        for path in args.configs]
+    names = [c.name for c in configs]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise PatchscopeError(f"two configs share the name {sorted(dup)[0]!r}; their artefacts would collide: "
+                              "give each a distinct name:")
+    for cfg in configs:
+        for mode in cfg.modes:
+            check_mode(mode)
+    results: list[dict[str, Any]] = []
+    for cfg in configs:
+        for mode in cfg.modes:
+            req = RunRequest(cfg, mode, artifacts_dir(args.artifacts, cfg.name, mode), accel=args.accel)
+            result = execute(req, note)
+            results.append(result.data)
+            print(json.dumps(result.data, default=str) if args.json else summary_line(result.data), flush=True)
+            if not args.json:
+                for reason in result.data.get("reasons") or []:
+                    print(f"      - {reason}", flush=True)
+    if args.junit:
+        junit(results, args.junit)
+    verdicts = {r["verdict"] for r in results}
+    if "error" in verdicts:
+        return EXIT_ERROR
+    return EXIT_FAIL if "fail" in verdicts else EXIT_PASS
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    path: Path = args.path
+    if not path.exists():
+        raise PatchscopeError(f"{path}: no such file or directory")
+    targets = [path]
+    if path.is_dir() and not (path / "console.log").exists():
+        targets = sorted(d for d in path.iterdir() if (d / "console.log").exists())
+        if not targets:
+            raise PatchscopeError(f"{path}: no console.log here or in its subdirectories")
+    cfg = load_config(args.expect) if args.expect else None
+    code = EXIT_PASS
+    for target in targets:
+        obs, saved = check_saved(target)
+        out: dict[str, Any] = {"path": str(target), **obs.to_json()}
+        if cfg is not None:
+            verdict = rejudge(obs, cfg)
+            out.update(verdict=verdict.verdict, reasons=list(verdict.reasons))
+            if verdict.verdict == "error":
+                code = max(code, EXIT_ERROR)
+            elif not verdict.passed:
+                code = max(code, EXIT_FAIL)
+        elif saved is not None:
+            out["saved_verdict"] = saved.get("verdict")
+        if args.json:
+            print(json.dumps(out, indent=2, default=str))
+        else:
+            _print_observation(out)
+    return code
+
+
+def _print_observation(out: dict[str, Any]) -> None:
+    print(f"{out['path']}: {out['outcome']}: {out['summary']}")
+    for stage in out["stages"]:
+        t = f"{stage['t']:7.1f} s" if stage.get("t") is not None else f"line {stage['line']:>5}"
+        print(f"  stage  {t}  {stage['label']}")
+    for crash in out["crashes"]:
+        print(f"  crash  line {crash['line']:>5}  {crash['title']}{'  (fatal)' if crash['fatal'] else ''}")
+    if "verdict" in out:
+        print(f"  verdict {out['verdict'].upper()}")
+        for reason in out.get("reasons") or []:
+            print(f"    - {reason}")
+
+
+def cmd_boot(args: argparse.Namespace) -> int:
+    cfg = default_config("boot", kernel=args.kernel, modes=(args.mode,), cmdline=tuple(args.cmdline),
+                         initramfs=args.initramfs, timeout=24 * 3600.0, silence=24 * 3600.0)
+    check_mode(args.mode)
+    req = RunRequest(cfg, args.mode, artifacts_dir(args.artifacts, "boot", args.mode),
+                     accel=args.accel, interactive=True)
+    result = execute(req, note_stderr)
+    if result.verdict == "error" and result.data.get("error") not in (None, "interrupted"):
+        raise PatchscopeError(str(result.data["error"]))
+    print(f"patchscope: console log in {req.outdir / 'console.log'}", file=sys.stderr)
+    return EXIT_PASS
+
+
+def cmd_kernels(args: argparse.Namespace) -> int:
+    if args.kcommand == "list":
+        print("recipes (kernels/):")
+        for name, path in list_recipes().items():
+            ref = parse_ref(name)
+            print(f"  {name:<16} {ref.text if hasattr(ref, 'package') else ''} "
+                  f"{getattr(ref, 'package', '')}={getattr(ref, 'version', '')}")
+        print("prepared in the cache:")
+        for entry in cached_kernels():
+            meta = json.loads((entry / "kernel.json").read_text())
+            print(f"  {entry.name:<48} symbols: {meta.get('symbol_source')}")
+        return EXIT_PASS
+    kernel = prepare_kernel(parse_ref(args.ref), note_stderr)
+    print(json.dumps(kernel.identity(), indent=2))
+    return EXIT_PASS
+
+
+if __name__ == "__main__":
+    sys.exit(main())

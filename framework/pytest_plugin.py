@@ -1,0 +1,96 @@
+"""pytest plugin: every YAML config under a ``configs/`` directory is a test item, one per mode.
+
+    pytest configs/                        run every shipped config
+    pytest configs/ --junitxml=out.xml     the same, as JUnit
+    pytest configs/ -m "not boot"          collect, validate, boot nothing
+
+A config that fails validation is a collection error with its file:line
+message. A failed verdict shows its reasons and the console's last lines.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from .config import Config, load_config, with_overrides
+from .errors import ConfigError, PatchscopeError
+from .run import RunRequest, artifacts_dir, check_mode, execute
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("patchscope")
+    group.addoption("--patchscope-artifacts", default="patchscope-out/pytest", metavar="DIR",
+                    help="where config runs keep their artefacts (default: %(default)s)")
+    group.addoption("--patchscope-accel", default="tcg", choices=("tcg", "kvm", "auto"))
+    group.addoption("--patchscope-mode", action="append", choices=("native", "xen-pv"),
+                    help="run configs in this mode instead of their own (repeatable)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "boot: boots a real kernel in QEMU")
+
+
+def pytest_collect_file(parent: pytest.Collector, file_path: Path) -> pytest.Collector | None:
+    if file_path.suffix in (".yaml", ".yml") and file_path.parent.name == "configs":
+        return ConfigFile.from_parent(parent, path=file_path)
+    return None
+
+
+class ConfigFile(pytest.File):
+    def collect(self) -> Iterator[pytest.Item]:
+        try:
+            cfg = load_config(self.path)
+        except ConfigError as err:
+            raise self.CollectError(str(err)) from None
+        modes = self.config.getoption("--patchscope-mode")
+        if modes:
+            cfg = with_overrides(cfg, modes=tuple(modes))
+        for mode in cfg.modes:
+            item = ConfigItem.from_parent(self, name=f"{cfg.name}[{mode}]", cfg=cfg, mode=mode)
+            item.add_marker(pytest.mark.boot)
+            yield item
+
+
+class VerdictFailure(Exception):
+    def __init__(self, data: dict[str, Any]) -> None:
+        super().__init__(data.get("verdict"))
+        self.data = data
+
+
+class ConfigItem(pytest.Item):
+    def __init__(self, *, cfg: Config, mode: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.cfg = cfg
+        self.mode = mode
+
+    def runtest(self) -> None:
+        try:
+            check_mode(self.mode)
+        except PatchscopeError as err:
+            pytest.skip(str(err))
+        root = Path(self.config.getoption("--patchscope-artifacts"))
+        req = RunRequest(self.cfg, self.mode, artifacts_dir(root, self.cfg.name, self.mode),
+                         accel=self.config.getoption("--patchscope-accel"))
+        result = execute(req, lambda _msg: None)
+        self.user_properties.append(("artifacts", str(req.outdir)))
+        if result.verdict != "pass":
+            raise VerdictFailure(result.data)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException],
+                     style: Any = None) -> str:
+        if isinstance(excinfo.value, VerdictFailure):
+            data = excinfo.value.data
+            lines = [f"{data.get('verdict', 'error').upper()}: {data.get('summary') or data.get('error')}"]
+            lines += [f"  - {r}" for r in data.get("reasons") or []]
+            console = Path(str(data.get("artifacts"))) / "console.log"
+            if console.exists():
+                tail = console.read_text(errors="replace").splitlines()[-15:]
+                lines += ["", f"last console lines ({console}):"] + [f"  {ln}" for ln in tail]
+            return "\n".join(lines)
+        return str(super().repr_failure(excinfo))
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return self.path, 0, f"{self.cfg.name} [{self.mode}]"

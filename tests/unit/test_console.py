@@ -1,0 +1,84 @@
+"""Line splitting, the timed log format, and the monitor loop on scripted input."""
+
+from __future__ import annotations
+
+import io
+import time
+from typing import Iterator
+
+from framework.console import LineSplitter, format_line, monitor, parse_log
+
+
+def test_splitter_handles_crlf_partial_and_junk() -> None:
+    s = LineSplitter(max_line=16)
+    assert s.feed(b"hello\r\nwor") == ["hello"]
+    assert s.feed(b"ld\n\x00\xff\x1b[31mred\n") == ["world", "\\x00\ufffd[31mred"]
+    assert s.feed(b"x" * 40) == ["x" * 16, "x" * 16]
+    assert s.flush() == "x" * 8
+    assert s.flush() is None
+
+
+def test_timed_log_round_trips_and_plain_logs_parse() -> None:
+    text = format_line(1.5, "[    0.000000] Linux version 6.1") + format_line(12.25, "| odd | line")
+    assert parse_log(text) == [(1.5, "[    0.000000] Linux version 6.1"), (12.25, "| odd | line")]
+    assert parse_log("plain\nlog\n") == [(None, "plain"), (None, "log")]
+
+
+def _reader(script: list[tuple[float, bytes | None]]) -> "Iterator[bytes | None]":
+    for delay, chunk in script:
+        time.sleep(delay)
+        yield chunk
+    while True:
+        yield None
+
+
+def _run(script: list[tuple[float, bytes | None]], **kw: float) -> tuple[list[str], str]:
+    chunks = _reader(script)
+    def read(timeout: float) -> bytes | None:
+        return next(chunks)
+    log = io.StringIO()
+    lines, ending = monitor(read, log, time.monotonic(), timeout=kw.get("timeout", 30),
+                            silence=kw.get("silence", 30), exitcode=lambda: 0)
+    assert log.getvalue().count("\n") == len(lines)
+    return [t for _, t in lines], ending.reason
+
+
+def test_monitor_ends_at_qemu_exit() -> None:
+    lines, reason = _run([(0, b"[ 0.1] Linux version 6.1\n"), (0, b"patchscope: init done\n"), (0, None)])
+    assert reason == "exit" and lines[-1] == "patchscope: init done"
+
+
+def test_monitor_ends_at_silence_and_keeps_partial_line() -> None:
+    def read(timeout: float, _state: list[int] = [0]) -> bytes | None:
+        _state[0] += 1
+        if _state[0] == 1:
+            return b"Run /init as init process\nhalf a li"
+        time.sleep(timeout)
+        return b""
+    log = io.StringIO()
+    lines, ending = monitor(read, log, time.monotonic(), timeout=30, silence=0.3, exitcode=lambda: None)
+    assert ending.reason == "silence" and ending.silence == 0.3
+    assert [t for _, t in lines] == ["Run /init as init process", "half a li"]
+
+
+def test_monitor_stops_soon_after_a_fatal_line_without_waiting_for_the_timeout() -> None:
+    calls = {"n": 0}
+    def read(timeout: float) -> bytes | None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return b"[ 1.0] Kernel panic - not syncing: VFS: Unable to mount root fs\n"
+        time.sleep(timeout)
+        return b""
+    log = io.StringIO()
+    start = time.monotonic()
+    _, ending = monitor(read, log, start, timeout=60, silence=60, exitcode=lambda: None)
+    assert ending.reason == "fatal"
+    assert ending.t < 30  # ended by the crash, long before the 60 s limits
+
+
+def test_monitor_times_out() -> None:
+    def read(timeout: float) -> bytes | None:
+        time.sleep(min(timeout, 0.05))
+        return b"still talking\n"
+    _, ending = monitor(read, io.StringIO(), time.monotonic(), timeout=0.4, silence=10, exitcode=lambda: None)
+    assert ending.reason == "timeout"
