@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""Boot overhead: bare qemu-system-x86_64 against `patchscope run`, same kernel, same initramfs.
+
+Interleaved rounds (bare, patchscope, bare, patchscope, …) so machine noise hits
+both alike. Each side is timed from process start to QEMU's exit after the
+guest printed the success marker and powered off. Prints the medians and the ratio.
+
+    .venv/bin/python bench/boot_overhead.py [--rounds 5] [--config configs/boot-native.yaml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MARKER = b"patchscope: init done"
+
+
+def bare(argv: list[str]) -> tuple[float, float]:
+    """(seconds to the marker, seconds to QEMU's exit) for a plain QEMU run."""
+    start = time.monotonic()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    seen = b""
+    marker_at = float("nan")
+    for chunk in iter(lambda: proc.stdout.read1(65536), b""):  # type: ignore[union-attr]
+        seen += chunk
+        if marker_at != marker_at and MARKER in seen:
+            marker_at = time.monotonic() - start
+    proc.wait()
+    if MARKER not in seen:
+        sys.exit(f"bare QEMU did not reach the marker; output tail: {seen[-500:]!r}")
+    return marker_at, time.monotonic() - start
+
+
+def patchscope(config: Path, out: Path) -> tuple[float, float]:
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "framework.cli", "run", str(config), "--artifacts", str(out), "-q"],
+                          cwd=REPO, capture_output=True, text=True)
+    wall = time.monotonic() - start
+    if proc.returncode != 0:
+        sys.exit(f"patchscope run failed ({proc.returncode}): {proc.stdout}{proc.stderr}")
+    data = json.loads(next(out.glob("*/native/result.json")).read_text())
+    marker = next(s["t"] for s in data["stages"] if s["name"] == "init-done")
+    return marker, wall
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--config", type=Path, default=REPO / "configs/boot-native.yaml")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="patchscope-bench-") as tmp:
+        out = Path(tmp) / "out"
+        # One warm-up run fetches the kernel if needed and leaves the exact QEMU command line behind.
+        patchscope(args.config, out)
+        run_dir = next(out.glob("*/native"))
+        argv = shlex.split((run_dir / "qemu.cmdline").read_text())
+        initrd = Path(tmp) / "initramfs.cpio"
+        initrd.write_bytes((run_dir / "initramfs.cpio").read_bytes())
+        argv[argv.index("-initrd") + 1] = str(initrd)
+        # Bare QEMU: the same machine, without QMP (nothing would talk to it).
+        i = argv.index("-qmp")
+        del argv[i:i + 2]
+        i = argv.index("-chardev")
+        del argv[i:i + 2]
+        argv[argv.index("-serial") + 1] = "stdio"
+        rows: dict[str, list[float]] = {"bare_marker": [], "bare_exit": [], "ps_marker": [], "ps_wall": []}
+        for n in range(args.rounds):
+            bm, be = bare(argv)
+            pm, pw = patchscope(args.config, out)
+            rows["bare_marker"].append(bm)
+            rows["bare_exit"].append(be)
+            rows["ps_marker"].append(pm)
+            rows["ps_wall"].append(pw)
+            print(f"round {n + 1}: bare {bm:5.2f} s to marker, {be:5.2f} s to exit | "
+                  f"patchscope {pm:5.2f} s to marker, {pw:5.2f} s wall", flush=True)
+    med = {k: statistics.median(v) for k, v in rows.items()}
+    print(f"\nmedian over {args.rounds} interleaved rounds ({os.cpu_count()} cores):")
+    print(f"  bare QEMU     to marker {med['bare_marker']:.2f} s, to exit {med['bare_exit']:.2f} s")
+    print(f"  patchscope    to marker {med['ps_marker']:.2f} s, whole command {med['ps_wall']:.2f} s")
+    print(f"  ratio (patchscope whole command / bare QEMU to exit): {med['ps_wall'] / med['bare_exit']:.2f}")
+    print(f"  ratio (time to marker, patchscope / bare):            {med['ps_marker'] / med['bare_marker']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

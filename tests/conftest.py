@@ -1,0 +1,46 @@
+"""Shared helpers: run the real CLI as a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def patchscope(*args: str, cwd: Path | None = None, timeout: float = 600) -> CliResult:
+    proc = subprocess.run([sys.executable, "-m", "framework.cli", *args], capture_output=True, text=True,
+                          cwd=cwd or REPO, timeout=timeout, stdin=subprocess.DEVNULL,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def result_json(artifacts: Path, name: str, mode: str = "native") -> dict[str, Any]:
+    data = json.loads((artifacts / name / mode / "result.json").read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def write_config(tmp_path: Path, name: str, body: str) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"name: {name}\n" + body)
+    return path
+
+
+@pytest.fixture
+def artifacts(tmp_path: Path) -> Path:
+    return tmp_path / "out"

@@ -1,0 +1,85 @@
+"""Bad input at the command line: one line naming the problem and the fix, exit 2, no traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import patchscope, result_json, write_config
+
+
+def _one_line_error(res_stderr: str) -> str:
+    lines = [ln for ln in res_stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, res_stderr
+    assert "Traceback" not in res_stderr
+    assert lines[0].startswith("patchscope: error: ")
+    return lines[0]
+
+
+def test_broken_yaml_names_file_and_line(tmp_path: Path) -> None:
+    cfg = tmp_path / "broken.yaml"
+    cfg.write_text("name: broken\nexpect:\n  outcome: boots\n   console: [\n")
+    res = patchscope("run", str(cfg))
+    assert res.returncode == 2
+    line = _one_line_error(res.stderr)
+    assert f"{cfg}:" in line
+
+
+def test_unknown_key_is_rejected_before_anything_boots(tmp_path: Path) -> None:
+    good = write_config(tmp_path, "good", "expect: {outcome: boots}\n")
+    bad = write_config(tmp_path, "bad", "expect:\n  outcom: boots\n")
+    res = patchscope("run", str(good), str(bad), "--artifacts", str(tmp_path / "out"))
+    assert res.returncode == 2
+    assert "outcom" in _one_line_error(res.stderr) and f"{bad}:3" in res.stderr
+    assert not (tmp_path / "out").exists()   # nothing booted, not even the good one
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    res = patchscope("run", str(tmp_path / "nope.yaml"))
+    assert res.returncode == 2
+    assert "nope.yaml" in _one_line_error(res.stderr)
+
+
+@pytest.mark.parametrize("kernel, fragment", [
+    ("debain-6.1", "unknown kernel reference 'debain-6.1'"),
+    ("path:/nonexistent/bzImage", "no such kernel image"),
+])
+def test_bad_kernel_is_an_error_with_artefacts_kept(tmp_path: Path, kernel: str, fragment: str) -> None:
+    cfg = write_config(tmp_path, "badkernel", f"kernel: {kernel!r}\n")
+    out = tmp_path / "out"
+    res = patchscope("run", str(cfg), "--artifacts", str(out), "-q")
+    assert res.returncode == 2
+    assert fragment in res.stdout
+    data = result_json(out, "badkernel")
+    assert data["verdict"] == "error" and fragment in data["error"]
+
+
+def test_corrupt_kernel_image(tmp_path: Path) -> None:
+    image = tmp_path / "bzImage"
+    image.write_bytes(b"\x7fELF this is not a bzImage" * 100)
+    cfg = write_config(tmp_path, "corrupt", f"kernel: 'path:{image}'\n")
+    res = patchscope("run", str(cfg), "--artifacts", str(tmp_path / "out"), "-q")
+    assert res.returncode == 2
+    assert "not an x86 bzImage" in result_json(tmp_path / "out", "corrupt")["error"]
+
+
+def test_xen_pv_is_clearly_not_supported_yet(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, "xen", "mode: xen-pv\n")
+    res = patchscope("run", str(cfg), "--artifacts", str(tmp_path / "out"))
+    assert res.returncode == 2
+    assert "mode 'xen-pv' is not supported yet" in _one_line_error(res.stderr)
+
+
+def test_check_of_a_missing_path(tmp_path: Path) -> None:
+    res = patchscope("check", str(tmp_path / "missing.log"))
+    assert res.returncode == 2
+    _one_line_error(res.stderr)
+
+
+def test_check_reads_a_hostile_log_without_crashing(tmp_path: Path) -> None:
+    log = tmp_path / "hostile.log"
+    log.write_bytes(b"\x00\xff\xfe junk\n" + b"A" * 200_000 + b"\n\x1b[2J[    1.0] Kernel panic - not syncing: x\n")
+    res = patchscope("check", str(log), "--json")
+    assert res.returncode == 0, res.stderr
+    assert '"outcome": "panics"' in res.stdout
