@@ -24,7 +24,7 @@ from . import crashes, stages
 from .initramfs import MARKER_DONE
 
 MAX_LINE = 4096
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1a\x1c-\x1f\x7f]")
 _TIMED = re.compile(r"^\s*(\d+\.\d{3}) \| ?(.*)$")
 
 TimedLine = tuple[float | None, str]
@@ -60,7 +60,8 @@ class LineSplitter:
     @staticmethod
     def _decode(raw: bytes) -> str:
         text = raw.decode("utf-8", "replace").replace("\r", "")
-        return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if m.group() != "\x1b" else "", text)
+        # ESC is kept so clean_line() can remove whole escape sequences.
+        return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def format_line(t: float, text: str) -> str:

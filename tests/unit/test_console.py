@@ -12,7 +12,7 @@ from framework.console import LineSplitter, format_line, monitor, parse_log
 def test_splitter_handles_crlf_partial_and_junk() -> None:
     s = LineSplitter(max_line=16)
     assert s.feed(b"hello\r\nwor") == ["hello"]
-    assert s.feed(b"ld\n\x00\xff\x1b[31mred\n") == ["world", "\\x00\ufffd[31mred"]
+    assert s.feed(b"ld\n\x00\xff\x1b[31mred\n") == ["world", "\\x00\ufffd\x1b[31mred"]
     assert s.feed(b"x" * 40) == ["x" * 16, "x" * 16]
     assert s.flush() == "x" * 8
     assert s.flush() is None
@@ -82,3 +82,9 @@ def test_monitor_times_out() -> None:
         return b"still talking\n"
     _, ending = monitor(read, io.StringIO(), time.monotonic(), timeout=0.4, silence=10, exitcode=lambda: None)
     assert ending.reason == "timeout"
+
+
+def test_escape_sequences_reach_clean_line_whole() -> None:
+    from framework.crashes import clean_line
+    [line] = LineSplitter().feed(b"\x1b[31m[    1.0] Kernel panic\x1b[0m\r\n")
+    assert clean_line(line) == "Kernel panic"
