@@ -31,21 +31,22 @@ def bare(argv: list[str]) -> tuple[float, float]:
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     assert proc.stdout is not None
     seen = b""
-    marker_at = float("nan")
+    marker_at: float | None = None
     for chunk in iter(lambda: proc.stdout.read1(65536), b""):  # type: ignore[union-attr]
         seen += chunk
-        if marker_at != marker_at and MARKER in seen:
+        if marker_at is None and MARKER in seen:
             marker_at = time.monotonic() - start
     proc.wait()
     if MARKER not in seen:
         sys.exit(f"bare QEMU did not reach the marker; output tail: {seen[-500:]!r}")
+    assert marker_at is not None
     return marker_at, time.monotonic() - start
 
 
 def patchscope(config: Path, out: Path) -> tuple[float, float]:
     start = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "framework.cli", "run", str(config), "--artifacts", str(out), "-q"],
-                          cwd=REPO, capture_output=True, text=True)
+                          cwd=REPO, capture_output=True, text=True, check=False)
     wall = time.monotonic() - start
     if proc.returncode != 0:
         sys.exit(f"patchscope run failed ({proc.returncode}): {proc.stdout}{proc.stderr}")

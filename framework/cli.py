@@ -10,16 +10,17 @@ import argparse
 import json
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any, Sequence
+from typing import Any
 
 from . import __version__
 from .config import Config, default_config, load_config, with_overrides
 from .errors import PatchscopeError
 from .fetch import note_stderr
 from .image import cached_kernels, prepare_kernel
-from .refs import DEFAULT_KERNEL, list_recipes, parse_ref
+from .refs import DEFAULT_KERNEL, DebianRef, list_recipes, parse_ref
 from .report import junit, summary_line
 from .run import RunRequest, artifacts_dir, check_mode, check_saved, execute, rejudge
 
@@ -118,7 +119,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     names = [c.name for c in configs]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
-        raise PatchscopeError(f"two configs share the name {sorted(dup)[0]!r}; their artefacts would collide: "
+        raise PatchscopeError(f"two configs share the name {min(dup)!r}; their artefacts would collide: "
                               "give each a distinct name:")
     for cfg in configs:
         for mode in cfg.modes:
@@ -185,8 +186,11 @@ def _print_observation(out: dict[str, Any]) -> None:
 
 
 def cmd_boot(args: argparse.Namespace) -> int:
+    # An interactive boot is not judged; without patchscope's /init nothing can
+    # print the success marker, so it is not expected either.
+    expect = {"outcome": "hangs"} if args.initramfs == "none" else None
     cfg = default_config("boot", kernel=args.kernel, modes=(args.mode,), cmdline=tuple(args.cmdline),
-                         initramfs=args.initramfs, timeout=24 * 3600.0, silence=24 * 3600.0)
+                         initramfs=args.initramfs, timeout=24 * 3600.0, silence=24 * 3600.0, expect=expect)
     check_mode(args.mode)
     req = RunRequest(cfg, args.mode, artifacts_dir(args.artifacts, "boot", args.mode),
                      accel=args.accel, interactive=True)
@@ -200,10 +204,10 @@ def cmd_boot(args: argparse.Namespace) -> int:
 def cmd_kernels(args: argparse.Namespace) -> int:
     if args.kcommand == "list":
         print("recipes (kernels/):")
-        for name, path in list_recipes().items():
+        for name in list_recipes():
             ref = parse_ref(name)
-            print(f"  {name:<16} {ref.text if hasattr(ref, 'package') else ''} "
-                  f"{getattr(ref, 'package', '')}={getattr(ref, 'version', '')}")
+            pinned = f"{ref.package}={ref.version}" if isinstance(ref, DebianRef) else ref.text
+            print(f"  {name:<16} {pinned}")
         print("prepared in the cache:")
         for entry in cached_kernels():
             meta = json.loads((entry / "kernel.json").read_text())

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal, Sequence, TextIO
+from typing import Literal, TextIO
 
 from . import crashes, stages
 from .initramfs import MARKER_DONE

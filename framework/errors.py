@@ -23,8 +23,8 @@ command, the last lines of output) are kept in attributes for reports.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 
 class PatchscopeError(Exception):

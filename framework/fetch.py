@@ -23,8 +23,8 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 from .errors import FetchError, ImageError, ToolMissingError
 from .refs import DebianRef
@@ -90,7 +90,8 @@ def apt_download(ref: DebianRef, note: Callable[[str], None] | None = None) -> P
             note(f"downloading {spec} with apt-get download")
         with tempfile.TemporaryDirectory(dir=debs) as tmp:
             cmd = ["apt-get", "download", "-q", spec]
-            proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+            proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                                  check=False)
             got = sorted(Path(tmp).glob("*.deb"))
             if proc.returncode != 0 or not got:
                 raise FetchError(_apt_failure(spec, proc.stderr or proc.stdout), cmd, proc.stderr)

@@ -19,15 +19,16 @@ from __future__ import annotations
 import bz2
 import gzip
 import hashlib
+import importlib
 import json
 import lzma
 import shutil
 import struct
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
@@ -100,7 +101,7 @@ def extract_vmlinux(data: bytes, name: str = "bzImage") -> bytes:
             out = lzma.LZMADecompressor(format=lzma.FORMAT_ALONE).decompress(payload)
         elif hdr.compression == "zstd":
             try:
-                import zstandard  # type: ignore[import-not-found]
+                zstandard = importlib.import_module("zstandard")
             except ImportError as err:
                 raise ImageError(f"{name}: zstd-compressed; install the 'zstandard' Python package") from err
             out = zstandard.ZstdDecompressor().decompressobj().decompress(payload)
@@ -138,7 +139,7 @@ def recover_symbols(vmlinuz: Path, out: Path, log: Path) -> None:
         raise ToolMissingError("vmlinux-to-elf", "the Python package vmlinux-to-elf (pip install vmlinux-to-elf)")
     cmd = [exe, str(vmlinuz), str(out)]
     with open(log, "w") as fh:
-        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, check=False)
     if proc.returncode != 0 or not out.exists():
         tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
         raise ImageError(f"{vmlinuz}: recovering symbols from kallsyms failed: {tail[0]}; "

@@ -10,8 +10,9 @@ message. A failed verdict shows its reasons and the console's last lines.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 

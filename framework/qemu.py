@@ -13,9 +13,10 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Callable, Sequence
+from typing import Self
 
 import pexpect
 
@@ -122,7 +123,7 @@ class Qemu:
             if self.sockdir is not None:
                 shutil.rmtree(self.sockdir, ignore_errors=True)
 
-    def __enter__(self) -> "Qemu":
+    def __enter__(self) -> Self:
         self.launch()
         return self
 

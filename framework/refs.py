@@ -16,7 +16,6 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 import yaml
 
@@ -47,7 +46,7 @@ class PathRef:
     text: str
 
 
-KernelRef = Union[DebianRef, PathRef]
+KernelRef = DebianRef | PathRef
 
 
 def recipes_dir() -> Path:

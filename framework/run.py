@@ -12,9 +12,10 @@ import shlex
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from . import __version__, initramfs, machine
 from .config import Config, to_yaml_dict
@@ -85,7 +86,7 @@ def execute(req: RunRequest, note: Note) -> RunResult:
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    started_at = datetime.datetime.now(datetime.timezone.utc)
+    started_at = datetime.datetime.now(datetime.UTC)
     t0 = time.monotonic()
     data: dict[str, Any] = {
         "patchscope": __version__, "name": cfg.name, "mode": req.mode,
@@ -98,7 +99,7 @@ def execute(req: RunRequest, note: Note) -> RunResult:
         kernel = prepare(cfg, note)
         data["kernel"] = kernel.identity()
         data["symbol_source"] = kernel.symbol_source
-        lines, ending, argv, accel = _boot(req, kernel, note, data)
+        lines, ending = _boot(req, kernel, note, data)
         obs = observe(lines, ending)
         verdict = judge(obs, cfg.expect)
         data.update(obs.to_json())
@@ -117,7 +118,7 @@ def execute(req: RunRequest, note: Note) -> RunResult:
 
 
 def _boot(req: RunRequest, kernel: Kernel, note: Note,
-          data: dict[str, Any]) -> tuple[list[TimedLine], Ending, list[str], str]:
+          data: dict[str, Any]) -> tuple[list[TimedLine], Ending]:
     cfg = req.config
     out = req.outdir
     initrd = _initramfs(cfg, out, req.interactive, note)
@@ -155,7 +156,7 @@ def _boot(req: RunRequest, kernel: Kernel, note: Note,
         tail = "\n".join(text for _, text in lines[-20:])
         raise LaunchError(f"QEMU exited with status {vm.exitcode} before the kernel printed anything: "
                           f"{(lines[-1][1] if lines else 'no output')[:200]}", argv, vm.exitcode, tail)
-    return lines, ending, argv, accel
+    return lines, ending
 
 
 def _kernel_spoke(lines: list[TimedLine]) -> bool:

@@ -9,8 +9,8 @@ recorded console log under tests/data/console/.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 from .initramfs import MARKER_DONE, MARKER_USERSPACE
 

@@ -25,7 +25,7 @@ class CliResult:
 def patchscope(*args: str, cwd: Path | None = None, timeout: float = 600) -> CliResult:
     proc = subprocess.run([sys.executable, "-m", "framework.cli", *args], capture_output=True, text=True,
                           cwd=cwd or REPO, timeout=timeout, stdin=subprocess.DEVNULL,
-                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+                          env=dict(os.environ, PYTHONPATH=str(REPO)), check=False)
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 

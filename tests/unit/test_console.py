@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 from framework.console import LineSplitter, format_line, monitor, parse_log
 
@@ -24,7 +24,7 @@ def test_timed_log_round_trips_and_plain_logs_parse() -> None:
     assert parse_log("plain\nlog\n") == [(None, "plain"), (None, "log")]
 
 
-def _reader(script: list[tuple[float, bytes | None]]) -> "Iterator[bytes | None]":
+def _reader(script: list[tuple[float, bytes | None]]) -> Iterator[bytes | None]:
     for delay, chunk in script:
         time.sleep(delay)
         yield chunk
@@ -49,9 +49,11 @@ def test_monitor_ends_at_qemu_exit() -> None:
 
 
 def test_monitor_ends_at_silence_and_keeps_partial_line() -> None:
-    def read(timeout: float, _state: list[int] = [0]) -> bytes | None:
-        _state[0] += 1
-        if _state[0] == 1:
+    state = {"calls": 0}
+
+    def read(timeout: float) -> bytes | None:
+        state["calls"] += 1
+        if state["calls"] == 1:
             return b"Run /init as init process\nhalf a li"
         time.sleep(timeout)
         return b""

@@ -8,9 +8,9 @@ from framework import machine
 
 
 def _native(**kw: object) -> machine.Machine:
-    args: dict[str, object] = dict(mode="native", kernel=Path("/k/bzImage"), initrd=Path("/k/i.cpio"),
-                                   cmdline=machine.kernel_cmdline(["debug"]), qmp_socket=Path("/s/qmp.sock"),
-                                   cpu="max", memory_mib=512)
+    args: dict[str, object] = {"mode": "native", "kernel": Path("/k/bzImage"), "initrd": Path("/k/i.cpio"),
+                               "cmdline": machine.kernel_cmdline(["debug"]), "qmp_socket": Path("/s/qmp.sock"),
+                               "cpu": "max", "memory_mib": 512}
     args.update(kw)
     return machine.Machine(**args)  # type: ignore[arg-type]
 

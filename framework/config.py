@@ -1,0 +1,863 @@
+"""Test configs: ``configs/*.yaml`` loaded into frozen dataclasses.
+
+Everything is checked here, before anything boots. Every mistake is a
+:class:`~framework.errors.ConfigError` that renders as one line naming the
+file, the line and the fix, e.g.
+``configs/boot.yaml:7: unknown key 'outcom' in expect (did you mean 'outcome'?)``.
+
+Schema (every key is optional)::
+
+    name: boot-native        # [A-Za-z0-9._-]+, at most 100 characters; default: the file's stem
+    kernel: debian-6.1       # a kernel reference (resolved elsewhere); default debian-6.1
+    mode: native             # native | xen-pv, or a list of them without repeats: [native, xen-pv]
+    cmdline: [nokaslr, debug]   # extra kernel arguments: a list, or one string split on whitespace
+    xen_cmdline: [loglvl=all]   # extra Xen arguments (xen-pv mode), same forms as cmdline
+    dom0_memory: 512         # MiB for dom0 in xen-pv mode: 512, "512M" or "1G"; default 256
+    qemu:
+      cpu: max               # QEMU -cpu model; default: the mode's default
+      memory: 1G             # MiB: 512, "512M" or "1G"; default: the mode's default
+      smp: 1                 # number of CPUs, >= 1; default 1
+      extra: [-device, foo]  # more QEMU arguments, verbatim (a string is split on whitespace)
+    initramfs: default       # default (patchscope's own /init) | none | a file; relative paths
+                             # are taken from the config file's directory
+    init_commands:           # a list of shell commands patchscope's /init runs after boot,
+      - cat /proc/interrupts #   in order
+    timeout: 120             # seconds for the whole run; default 120
+    silence: 60              # seconds without console output that count as a hang;
+                             # default 60, or the timeout if that is shorter
+    expect:
+      outcome: boots         # boots | panics | hangs; default boots
+      crash: "VFS: Unable"   # regex searched in the primary crash title (outcome panics only)
+      allow_crashes: ["WARNING in foo"]   # regexes: crashes with a matching title are tolerated
+      console:
+        contains: [regex]    # every regex must match some console line
+        excludes: [regex]    # no console line may match any of them
+
+An empty value (``cmdline:`` with nothing after it) means the default for
+lists and sections, and for ``qemu.cpu``, ``qemu.memory`` and ``expect.crash``;
+anywhere else it is an error. Values of string keys are taken as written, so
+``kernel: 6.10`` is the string ``"6.10"``, not a number. Regex lists also
+accept a single string. Numbers of seconds may be fractional.
+
+Impossible combinations, each reported at the line of the offending key:
+
+* ``expect.crash`` unless ``expect.outcome`` is ``panics``;
+* ``expect.allow_crashes`` with outcome ``hangs``;
+* ``init_commands`` or outcome ``boots`` with ``initramfs: none`` (without
+  patchscope's /init nothing runs the commands or prints the success marker);
+* ``silence`` longer than ``timeout``;
+* a regex that does not compile, or an empty one (it would match anything);
+* an ``initramfs`` file that does not exist (the message gives the resolved path);
+* a mode other than native and xen-pv, or the same mode twice;
+* a ``cmdline``/``xen_cmdline`` entry containing a newline or other control character;
+* ``qemu.extra`` options that patchscope controls itself: ``-kernel``, ``-initrd``,
+  ``-append``, ``-m``, ``-smp``, ``-cpu``, ``-serial``, ``-chardev``, ``-monitor``,
+  ``-mon``, ``-qmp``, ``-nographic``, ``-daemonize``, ``-readconfig``, ``-S``, and
+  ``-gdb``/``-s`` (the gdbstub must never listen on TCP).
+
+Unknown keys, duplicate keys, merge keys (``<<``), YAML syntax errors (tabs
+included), an empty file (write ``{}`` for every default), files over 256 KiB
+and text that is not UTF-8 are errors too. Keys and values are read from the YAML node
+tree (``yaml.compose``), never through ``yaml.safe_load``, so every error can
+name its line; :attr:`Config.lines` keeps those lines for later messages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import errno
+import math
+import os
+import re
+import stat
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, TypeVar, cast
+
+import yaml
+
+from .errors import ConfigError
+
+__all__ = [
+    "MODES",
+    "OUTCOMES",
+    "Config",
+    "ConsoleExpect",
+    "Expect",
+    "Mode",
+    "Outcome",
+    "QemuOptions",
+    "default_config",
+    "load_config",
+    "parse_config",
+    "to_yaml_dict",
+    "with_overrides",
+]
+
+Outcome = Literal["boots", "panics", "hangs"]
+Mode = Literal["native", "xen-pv"]
+MODES: tuple[str, ...] = ("native", "xen-pv")
+OUTCOMES: tuple[str, ...] = ("boots", "panics", "hangs")
+
+DEFAULT_KERNEL = "debian-6.1"
+DEFAULT_TIMEOUT = 120.0
+DEFAULT_SILENCE = 60.0
+DEFAULT_DOM0_MEMORY_MIB = 256
+MAX_CONFIG_BYTES = 256 * 1024
+MAX_NAME_LENGTH = 100
+
+# Where errors about values that did not come from a file point.
+_COMMAND_LINE = "<command line>"
+
+
+@dataclass(frozen=True)
+class QemuOptions:
+    """The ``qemu:`` section; ``None`` means the mode's default."""
+
+    cpu: str | None = None
+    memory_mib: int | None = None
+    smp: int = 1
+    extra: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ConsoleExpect:
+    """``expect.console``: regexes over console lines."""
+
+    contains: tuple[re.Pattern[str], ...] = ()
+    excludes: tuple[re.Pattern[str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Expect:
+    """The ``expect:`` section."""
+
+    outcome: Outcome = "boots"
+    crash: re.Pattern[str] | None = None
+    allow_crashes: tuple[re.Pattern[str], ...] = ()
+    console: ConsoleExpect = ConsoleExpect()
+
+
+@dataclass(frozen=True)
+class Config:
+    """One validated test config."""
+
+    name: str
+    path: Path | None = None
+    kernel: str = DEFAULT_KERNEL
+    modes: tuple[str, ...] = ("native",)
+    cmdline: tuple[str, ...] = ()
+    xen_cmdline: tuple[str, ...] = ()
+    dom0_memory_mib: int = DEFAULT_DOM0_MEMORY_MIB
+    qemu: QemuOptions = QemuOptions()
+    initramfs: str = "default"
+    init_commands: tuple[str, ...] = ()
+    timeout: float = DEFAULT_TIMEOUT
+    silence: float = DEFAULT_SILENCE
+    expect: Expect = Expect()
+    # Dotted key -> 1-based line ("expect.outcome", "cmdline[2]"); read-only by convention.
+    # Not part of equality: the same settings laid out differently are the same config.
+    lines: Mapping[str, int] = field(default_factory=dict, compare=False, hash=False)
+
+
+# --------------------------------------------------------------------------- YAML nodes
+
+_TAG = "tag:yaml.org,2002:"
+_NULL, _BOOL, _INT, _FLOAT, _STR = (_TAG + t for t in ("null", "bool", "int", "float", "str"))
+_MAP, _SEQ, _MERGE, _TIMESTAMP = (_TAG + t for t in ("map", "seq", "merge", "timestamp"))
+# Scalars whose text may be used as a string value ("kernel: 6.10" is the text "6.10").
+_TEXT_TAGS = frozenset({_STR, _INT, _FLOAT, _BOOL, _TIMESTAMP})
+_CONSTRUCTOR = yaml.constructor.SafeConstructor()
+
+
+def _line(node: yaml.Node) -> int | None:
+    mark = node.start_mark
+    return mark.line + 1 if mark is not None else None
+
+
+def _quote(text: str) -> str:
+    """A user's text for a one-line message: quoted, escaped, not too long."""
+    if len(text) > 60:
+        return repr(text[:57]) + "..."
+    return repr(text)
+
+
+def _describe(node: yaml.Node) -> str:
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping" if node.tag == _MAP else f"a mapping tagged {_quote(node.tag)}"
+    if isinstance(node, yaml.SequenceNode):
+        return "a list" if node.tag == _SEQ else f"a list tagged {_quote(node.tag)}"
+    if node.tag == _NULL:
+        return "empty" if node.value == "" else "null"
+    return _quote(str(node.value))
+
+
+def _is_null(node: yaml.Node) -> bool:
+    return isinstance(node, yaml.ScalarNode) and node.tag == _NULL
+
+
+def _suggest(word: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class _Ctx:
+    """Where values come from: error source, base directory and the lines seen."""
+
+    def __init__(self, source: Path | str | None, base_dir: Path) -> None:
+        self.source = source
+        self.base_dir = base_dir
+        self.lines: dict[str, int] = {}
+
+    def fail(self, where: yaml.Node | int | None, reason: str) -> ConfigError:
+        line = _line(where) if isinstance(where, yaml.Node) else where
+        return ConfigError(self.source, line, " ".join(reason.splitlines()))
+
+    def note(self, key: str, node: yaml.Node) -> None:
+        line = _line(node)
+        if line is not None:
+            self.lines[key] = line
+
+
+# --------------------------------------------------------------------------- value parsers
+#
+# A parser turns the node under one key into a Python value or raises ConfigError
+# at that node's line. ``key`` is the dotted name used in messages.
+
+Parser = Callable[[_Ctx, yaml.Node, str], object]
+
+
+def _scalar_text(ctx: _Ctx, node: yaml.Node, key: str, what: str) -> str:
+    """The text of a non-null scalar, whatever YAML type it resolved to."""
+    if isinstance(node, yaml.ScalarNode) and node.tag not in _TEXT_TAGS and node.tag != _NULL:
+        raise ctx.fail(node, f"{key}: unsupported YAML tag {_quote(node.tag)}")
+    if not isinstance(node, yaml.ScalarNode) or node.tag == _NULL:
+        raise ctx.fail(node, f"{key} must be {what}, not {_describe(node)}")
+    text = str(node.value)
+    if "\0" in text:
+        raise ctx.fail(node, f"{key} contains a NUL character")
+    return text
+
+
+def _text(what: str, *, pattern: str | None = None, optional: bool = False) -> Parser:
+    """One line of text, non-empty, matching ``pattern`` if given."""
+    def parse(ctx: _Ctx, node: yaml.Node, key: str) -> str | None:
+        if optional and _is_null(node):
+            return None
+        text = _scalar_text(ctx, node, key, what)
+        if "\n" in text or "\r" in text:
+            raise ctx.fail(node, f"{key} must be a single line, not {_quote(text)}")
+        if text == "" or (pattern is not None and re.fullmatch(pattern, text) is None):
+            raise ctx.fail(node, f"{key} must be {what}, not {_quote(text)}")
+        return text
+    return parse
+
+
+def _choice(options: Sequence[str]) -> Parser:
+    def parse(ctx: _Ctx, node: yaml.Node, key: str) -> str:
+        what = "one of " + ", ".join(options)
+        text = _scalar_text(ctx, node, key, what)
+        if text not in options:
+            raise ctx.fail(node, f"{key} must be {what}, not {_quote(text)}"
+                                 + _suggest(text, options))
+        return text
+    return parse
+
+
+def _number(node: yaml.Node) -> float | None:
+    """A finite number from an int or float scalar (or plain text like 1e3), else None."""
+    if not isinstance(node, yaml.ScalarNode):
+        return None
+    try:
+        if node.tag == _INT:
+            value = float(_CONSTRUCTOR.construct_yaml_int(node))
+        elif node.tag == _FLOAT:
+            value = float(_CONSTRUCTOR.construct_yaml_float(node))
+        elif node.tag == _STR and node.style is None:
+            value = float(str(node.value).replace("_", ""))
+        else:
+            return None
+    except (ValueError, OverflowError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _seconds(ctx: _Ctx, node: yaml.Node, key: str) -> float:
+    value = _number(node)
+    if value is None or value <= 0:
+        raise ctx.fail(node, f"{key} must be a positive number of seconds, not {_describe(node)}")
+    return value
+
+
+def _whole(node: yaml.Node) -> int | None:
+    """A whole number from an int scalar or plain digits, else None."""
+    if not isinstance(node, yaml.ScalarNode):
+        return None
+    try:
+        if node.tag == _INT:
+            return int(_CONSTRUCTOR.construct_yaml_int(node))
+        if node.tag == _STR and node.style is None and re.fullmatch(r"[0-9]+", str(node.value)):
+            return int(str(node.value))
+    except ValueError:
+        pass
+    return None
+
+
+def _count(ctx: _Ctx, node: yaml.Node, key: str) -> int:
+    value = _whole(node)
+    if value is None or value < 1:
+        raise ctx.fail(node, f"{key} must be a whole number >= 1, not {_describe(node)}")
+    return value
+
+
+_MIB_RE = re.compile(r"\s*([0-9]+)\s*(?:([MG])(?:i?B)?)?\s*", re.IGNORECASE)
+
+
+def _mib(*, optional: bool = False) -> Parser:
+    def parse(ctx: _Ctx, node: yaml.Node, key: str) -> int | None:
+        if optional and _is_null(node):
+            return None
+        value = _whole(node)
+        if value is None and isinstance(node, yaml.ScalarNode) and node.tag == _STR:
+            match = _MIB_RE.fullmatch(str(node.value))
+            if match is not None and len(match.group(1)) < 12:
+                scale = 1024 if (match.group(2) or "M").upper() == "G" else 1
+                value = int(match.group(1)) * scale
+        if value is None or value < 1:
+            raise ctx.fail(node, f"{key} must be a positive size in MiB like 512, '512M' or '1G', "
+                                 f"not {_describe(node)}")
+        return value
+    return parse
+
+
+def _items(ctx: _Ctx, node: yaml.Node, key: str, what: str,
+           split: bool) -> list[tuple[str, yaml.Node, str]]:
+    """(key of item, node, text) for a list of strings; a single string when ``split``."""
+    if _is_null(node):
+        return []
+    if isinstance(node, yaml.ScalarNode) and split:
+        text = _scalar_text(ctx, node, key, what)
+        return [(key, node, word) for word in text.split()]
+    if not isinstance(node, yaml.SequenceNode) or node.tag != _SEQ:
+        raise ctx.fail(node, f"{key} must be {what}, not {_describe(node)}")
+    out = []
+    for index, item in enumerate(node.value):
+        item_key = f"{key}[{index}]"
+        ctx.note(item_key, item)
+        text = _scalar_text(ctx, item, item_key, "a string")
+        if text == "":
+            raise ctx.fail(item, f"{item_key} is empty")
+        out.append((item_key, item, text))
+    return out
+
+
+def _one_line(ctx: _Ctx, node: yaml.Node, key: str, text: str) -> None:
+    if "\n" in text or "\r" in text:
+        raise ctx.fail(node, f"{key}: {_quote(text)} contains a newline; the command line is one line")
+    bad = [c for c in text if ord(c) < 0x20 or ord(c) == 0x7F]
+    if bad:
+        raise ctx.fail(node, f"{key}: {_quote(text)} contains control character U+{ord(bad[0]):04X}")
+
+
+def _words(what: str, *, split: bool, check: Callable[[_Ctx, yaml.Node, str, str], None] | None
+           = None) -> Parser:
+    def parse(ctx: _Ctx, node: yaml.Node, key: str) -> tuple[str, ...]:
+        items = _items(ctx, node, key, what, split)
+        if check is not None:
+            for item_key, item, text in items:
+                check(ctx, item, item_key, text)
+        return tuple(text for _, _, text in items)
+    return parse
+
+
+def _compile(ctx: _Ctx, node: yaml.Node, key: str, text: str) -> re.Pattern[str]:
+    if text == "":
+        raise ctx.fail(node, f"{key}: the regex is empty, so it matches anything; "
+                             "write '.*' if that is what you mean")
+    try:
+        with warnings.catch_warnings():  # FutureWarnings about set syntax are not errors here
+            warnings.simplefilter("ignore", FutureWarning)
+            return re.compile(text)
+    except re.error as err:
+        raise ctx.fail(node, f"{key}: bad regex {_quote(text)}: {err}") from None
+    except (RecursionError, OverflowError, ValueError) as err:  # absurdly nested or large
+        raise ctx.fail(node, f"{key}: bad regex {_quote(text)}: {type(err).__name__}") from None
+
+
+def _regexes(ctx: _Ctx, node: yaml.Node, key: str) -> tuple[re.Pattern[str], ...]:
+    if isinstance(node, yaml.ScalarNode) and not _is_null(node):
+        return (_compile(ctx, node, key, _scalar_text(ctx, node, key, "a regex")),)
+    items = _items(ctx, node, key, "a list of regexes", split=False)
+    return tuple(_compile(ctx, item, item_key, text) for item_key, item, text in items)
+
+
+def _optional_regex(ctx: _Ctx, node: yaml.Node, key: str) -> re.Pattern[str] | None:
+    if _is_null(node):
+        return None
+    return _compile(ctx, node, key, _scalar_text(ctx, node, key, "a regex"))
+
+
+def _modes(ctx: _Ctx, node: yaml.Node, key: str) -> tuple[str, ...]:
+    valid = ", ".join(MODES)
+    items: list[tuple[str, yaml.Node, str]]
+    if isinstance(node, yaml.ScalarNode):
+        items = [(key, node, _scalar_text(ctx, node, key, f"one of {valid} or a list of them"))]
+    else:
+        items = _items(ctx, node, key, f"one of {valid} or a list of them", split=False)
+        if not items:
+            raise ctx.fail(node, f"{key} must name at least one of {valid}")
+    seen: list[str] = []
+    for item_key, item, text in items:
+        if text not in MODES:
+            close = difflib.get_close_matches(text, MODES, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ctx.fail(item, f"{item_key}: unknown mode {_quote(text)} "
+                                 f"({hint}valid modes: {valid})")
+        if text in seen:
+            raise ctx.fail(item, f"{item_key}: mode {_quote(text)} is listed twice")
+        seen.append(text)
+    return tuple(seen)
+
+
+def _initramfs(ctx: _Ctx, node: yaml.Node, key: str) -> str:
+    text = _text("'default', 'none' or the path of an initramfs file")(ctx, node, key)
+    assert isinstance(text, str)
+    if text in ("default", "none"):
+        return text
+    resolved = os.path.abspath(os.path.join(ctx.base_dir, os.path.expanduser(text)))
+    try:
+        mode = os.stat(resolved).st_mode
+    except (OSError, ValueError) as err:
+        if isinstance(err, OSError) and err.errno not in (errno.ENOENT, errno.ENOTDIR):
+            raise ctx.fail(node, f"{key}: cannot use {resolved} ({err.strerror or err})") from None
+        close = difflib.get_close_matches(text, ("default", "none"), n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ctx.fail(node, f"{key}: file {resolved} not found{hint}") from None
+    if not stat.S_ISREG(mode):
+        raise ctx.fail(node, f"{key}: {resolved} is not a regular file")
+    return resolved
+
+
+# Options of qemu.extra that patchscope sets itself, with the reason shown to the user.
+_RESERVED_QEMU_OPTIONS: Mapping[str, str] = {
+    "kernel": "patchscope sets -kernel itself; use the kernel: key",
+    "initrd": "patchscope sets -initrd itself; use the initramfs: key",
+    "append": "patchscope sets -append itself; use the cmdline: key (xen_cmdline: for Xen)",
+    "m": "patchscope sets -m itself; use qemu.memory (dom0_memory for xen-pv dom0)",
+    "smp": "patchscope sets -smp itself; use qemu.smp",
+    "cpu": "patchscope sets -cpu itself; use qemu.cpu",
+    "serial": "patchscope owns the serial console it reads; remove -serial",
+    "chardev": "patchscope owns QEMU's character devices (console, monitor, gdb); remove -chardev",
+    "monitor": "patchscope owns the QEMU monitor; remove -monitor",
+    "mon": "patchscope owns the QEMU monitor; remove -mon",
+    "qmp": "patchscope owns the QMP socket; remove -qmp",
+    "qmp-pretty": "patchscope owns the QMP socket; remove -qmp-pretty",
+    "nographic": "patchscope sets up the display and console itself; remove -nographic",
+    "daemonize": "patchscope needs QEMU in the foreground; remove -daemonize",
+    "readconfig": "patchscope cannot check options inside a QEMU config file; "
+                  "put them in qemu.extra instead",
+    "S": "patchscope starts the guest CPUs itself; remove -S",
+    "gdb": "the gdbstub must never listen on TCP and patchscope attaches gdb itself; remove -gdb",
+    "s": "-s opens a gdbstub on TCP port 1234, which is never allowed; "
+         "patchscope attaches gdb itself; remove -s",
+}
+
+
+def _qemu_arg(ctx: _Ctx, node: yaml.Node, key: str, text: str) -> None:
+    if text.startswith("-"):
+        words = text.lstrip("-").split("=", 1)[0].split()
+        option = words[0] if words else ""
+        if option in _RESERVED_QEMU_OPTIONS:
+            raise ctx.fail(node, f"{key}: {_RESERVED_QEMU_OPTIONS[option]}")
+
+
+# --------------------------------------------------------------------------- the schema
+
+
+@dataclass(frozen=True)
+class _Section:
+    """A mapping with known keys; each value is a parser or a nested section."""
+
+    keys: Mapping[str, Parser | _Section]
+
+
+_NAME_PATTERN = rf"(?![.]+$)[A-Za-z0-9._-]{{1,{MAX_NAME_LENGTH}}}"
+_NAME_WHAT = f"1-{MAX_NAME_LENGTH} letters, digits, '.', '_' or '-' (not only dots)"
+
+_SCHEMA = _Section({
+    "name": _text(_NAME_WHAT, pattern=_NAME_PATTERN),
+    "kernel": _text("a kernel reference such as 'debian-6.1'"),
+    "mode": _modes,
+    "cmdline": _words("a list of kernel arguments", split=True, check=_one_line),
+    "xen_cmdline": _words("a list of Xen arguments", split=True, check=_one_line),
+    "dom0_memory": _mib(),
+    "qemu": _Section({
+        "cpu": _text("a QEMU CPU model such as 'max' (no spaces)", pattern=r"\S+", optional=True),
+        "memory": _mib(optional=True),
+        "smp": _count,
+        "extra": _words("a list of QEMU arguments", split=True, check=_qemu_arg),
+    }),
+    "initramfs": _initramfs,
+    "init_commands": _words("a list of shell commands, e.g. ['cat /proc/interrupts']",
+                            split=False),
+    "timeout": _seconds,
+    "silence": _seconds,
+    "expect": _Section({
+        "outcome": _choice(OUTCOMES),
+        "crash": _optional_regex,
+        "allow_crashes": _regexes,
+        "console": _Section({
+            "contains": _regexes,
+            "excludes": _regexes,
+        }),
+    }),
+})
+
+
+def _all_keys(section: _Section, prefix: str = "") -> list[str]:
+    out = []
+    for key, rule in section.keys.items():
+        out.append(prefix + key)
+        if isinstance(rule, _Section):
+            out.extend(_all_keys(rule, f"{prefix}{key}."))
+    return out
+
+
+_ALL_KEYS = _all_keys(_SCHEMA)
+
+
+def _unknown_key(key: str, section: _Section, prefix: str) -> str:
+    where = f" in {prefix[:-1]}" if prefix else ""
+    message = f"unknown key {_quote(key)}{where}"
+    elsewhere = [path for path in _ALL_KEYS if path.rsplit(".", 1)[-1] == key]
+    if elsewhere:
+        parent = elsewhere[0].rsplit(".", 1)[0] if "." in elsewhere[0] else "the top level"
+        return f"{message} (did you mean {elsewhere[0]!r}? it belongs under {parent})"
+    close = difflib.get_close_matches(key, list(section.keys), n=1, cutoff=0.6)
+    if close:
+        return f"{message} (did you mean {close[0]!r}?)"
+    return f"{message} (valid keys: {', '.join(section.keys)})"
+
+
+def _read(ctx: _Ctx, node: yaml.Node, section: _Section, prefix: str) -> dict[str, object]:
+    """Parse a mapping node against a section; returns {key: value} for the keys present."""
+    if _is_null(node):
+        return {}
+    if not isinstance(node, yaml.MappingNode) or node.tag != _MAP:
+        if not prefix:
+            raise ctx.fail(node, f"a config must be a mapping of keys (like 'timeout: 60'), "
+                                 f"not {_describe(node)}")
+        raise ctx.fail(node, f"{prefix[:-1]} must be a mapping of keys, not {_describe(node)}")
+    values: dict[str, object] = {}
+    for key_node, value_node in node.value:
+        if isinstance(key_node, yaml.ScalarNode) and key_node.tag == _MERGE:
+            raise ctx.fail(key_node, "YAML merge keys (<<) are not supported; write the keys out")
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _NULL:
+            raise ctx.fail(key_node, f"keys must be plain names, not {_describe(key_node)}")
+        key = str(key_node.value)
+        dotted = prefix + key
+        if key in values:
+            first = ctx.lines.get(dotted)
+            again = f" (first at line {first})" if first is not None else ""
+            raise ctx.fail(key_node, f"duplicate key {_quote(dotted)}{again}")
+        rule = section.keys.get(key)
+        if rule is None:
+            raise ctx.fail(key_node, _unknown_key(key, section, prefix))
+        ctx.note(dotted, key_node)
+        if isinstance(rule, _Section):
+            values[key] = _read(ctx, value_node, rule, dotted + ".")
+        else:
+            values[key] = rule(ctx, value_node, dotted)
+    return values
+
+
+# --------------------------------------------------------------------------- building
+
+T = TypeVar("T")
+
+
+def _get(values: Mapping[str, object], key: str, default: T) -> T:
+    return cast(T, values.get(key, default))
+
+
+def _build(ctx: _Ctx, values: Mapping[str, object], name: str, path: Path | None) -> Config:
+    """Dataclasses from parsed values, after the checks that involve several keys."""
+    qemu = _get(values, "qemu", cast(Mapping[str, object], {}))
+    expect = _get(values, "expect", cast(Mapping[str, object], {}))
+    console = _get(expect, "console", cast(Mapping[str, object], {}))
+    lines = ctx.lines
+
+    outcome = _get(expect, "outcome", "boots")
+    crash = _get(expect, "crash", cast(re.Pattern[str] | None, None))
+    allow_crashes = _get(expect, "allow_crashes", cast(tuple[re.Pattern[str], ...], ()))
+    initramfs = _get(values, "initramfs", "default")
+    init_commands = _get(values, "init_commands", cast(tuple[str, ...], ()))
+    timeout = _get(values, "timeout", DEFAULT_TIMEOUT)
+    silence = _get(values, "silence", min(DEFAULT_SILENCE, timeout))
+
+    if crash is not None and outcome != "panics":
+        raise ctx.fail(lines.get("expect.crash"),
+                       f"expect.crash only applies to outcome 'panics' (outcome is {outcome!r}); "
+                       "remove it or set expect.outcome: panics")
+    if allow_crashes and outcome == "hangs":
+        raise ctx.fail(lines.get("expect.allow_crashes"),
+                       "expect.allow_crashes cannot be used with outcome 'hangs' (a run that "
+                       "crashes did not hang); remove it or change expect.outcome")
+    if init_commands and initramfs == "none":
+        raise ctx.fail(lines.get("init_commands"),
+                       "init_commands need patchscope's /init, but initramfs is 'none'; "
+                       "remove them or use initramfs: default")
+    if outcome == "boots" and initramfs == "none":
+        raise ctx.fail(lines.get("initramfs", lines.get("expect.outcome")),
+                       "initramfs: none cannot go with outcome 'boots': without patchscope's /init "
+                       "nothing prints the success marker; use initramfs: default or set "
+                       "expect.outcome to panics or hangs")
+    if silence > timeout:
+        raise ctx.fail(lines.get("silence"),
+                       f"silence ({silence:g}s) must not be longer than timeout ({timeout:g}s)")
+
+    return Config(
+        name=_get(values, "name", name),
+        path=path,
+        kernel=_get(values, "kernel", DEFAULT_KERNEL),
+        modes=_get(values, "mode", ("native",)),
+        cmdline=_get(values, "cmdline", ()),
+        xen_cmdline=_get(values, "xen_cmdline", ()),
+        dom0_memory_mib=_get(values, "dom0_memory", DEFAULT_DOM0_MEMORY_MIB),
+        qemu=QemuOptions(
+            cpu=_get(qemu, "cpu", None),
+            memory_mib=_get(qemu, "memory", None),
+            smp=_get(qemu, "smp", 1),
+            extra=_get(qemu, "extra", ()),
+        ),
+        initramfs=initramfs,
+        init_commands=init_commands,
+        timeout=float(timeout),
+        silence=float(silence),
+        expect=Expect(
+            outcome=cast(Outcome, outcome),
+            crash=crash,
+            allow_crashes=allow_crashes,
+            console=ConsoleExpect(
+                contains=_get(console, "contains", ()),
+                excludes=_get(console, "excludes", ()),
+            ),
+        ),
+        lines=dict(lines),
+    )
+
+
+def _default_name(path: Path | None) -> str:
+    if path is None:
+        return "adhoc"
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", path.stem)[:MAX_NAME_LENGTH]
+    return name if name.strip(".") else "adhoc"
+
+
+# --------------------------------------------------------------------------- parsing text
+
+
+def _yaml_error(ctx: _Ctx, text: str, err: yaml.YAMLError) -> ConfigError:
+    if isinstance(err, yaml.reader.ReaderError):
+        line = text.count("\n", 0, err.position) + 1
+        column = err.position - text.rfind("\n", 0, err.position)
+        return ctx.fail(line, f"not valid YAML: character U+{err.character:04X} is not allowed "
+                              f"(line {line}, column {column})")
+    if isinstance(err, yaml.MarkedYAMLError) and err.problem_mark is not None:
+        mark = err.problem_mark
+        reason = f"{err.problem} (line {mark.line + 1}, column {mark.column + 1})"
+        if err.context:
+            cmark = err.context_mark
+            where = f" (line {cmark.line + 1}, column {cmark.column + 1})" if cmark else ""
+            reason = f"{err.context}{where}: {reason}"
+        if "'\\t'" in str(err.problem):
+            reason += "; indent with spaces, not tabs"
+        return ctx.fail(mark.line + 1, f"not valid YAML: {reason}")
+    return ctx.fail(1, f"not valid YAML: {' '.join(str(err).split())}")
+
+
+def _parse(text: str, ctx: _Ctx, path: Path | None) -> Config:
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ctx.fail(None, f"config is {len(text)} characters long; the limit is "
+                             f"{MAX_CONFIG_BYTES // 1024} KiB (is this the right file?)")
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as err:
+        raise _yaml_error(ctx, text, err) from None
+    except RecursionError:
+        raise ctx.fail(1, "not valid YAML for a config: nested too deeply") from None
+    if root is None:
+        raise ctx.fail(1, "config is empty; write '{}' to take every default")
+    values = _read(ctx, root, _SCHEMA, "")
+    return _build(ctx, values, _default_name(path), path)
+
+
+def parse_config(text: str, path: Path | None = None) -> Config:
+    """Parse and validate config text; ``path`` names it in errors and anchors relative paths."""
+    base = Path(os.path.abspath(path.parent)) if path is not None else Path.cwd()
+    return _parse(text, _Ctx(path, base), path)
+
+
+def load_config(path: Path) -> Config:
+    """Read and parse the config file at ``path``."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
+    except OSError as err:
+        raise ConfigError(path, None, f"cannot read: {err.strerror or err}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(path, None, f"cannot read: the file is larger than the "
+                                      f"{MAX_CONFIG_BYTES // 1024} KiB limit (is this the right file?)")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - data.rfind(b"\n", 0, err.start)
+        raise ConfigError(path, line, f"not UTF-8 text: byte 0x{data[err.start]:02x} "
+                                      f"(line {line}, column {column})") from None
+    return parse_config(text, path)
+
+
+# --------------------------------------------------------------------------- Python values
+
+
+def _qemu_dict(qemu: QemuOptions) -> dict[str, object]:
+    return {"cpu": qemu.cpu, "memory": qemu.memory_mib, "smp": qemu.smp, "extra": list(qemu.extra)}
+
+
+def _console_dict(console: ConsoleExpect) -> dict[str, object]:
+    return {"contains": [p.pattern for p in console.contains],
+            "excludes": [p.pattern for p in console.excludes]}
+
+
+def _expect_dict(expect: Expect) -> dict[str, object]:
+    return {
+        "outcome": expect.outcome,
+        "crash": expect.crash.pattern if expect.crash is not None else None,
+        "allow_crashes": [p.pattern for p in expect.allow_crashes],
+        "console": _console_dict(expect.console),
+    }
+
+
+def to_yaml_dict(config: Config) -> dict[str, object]:
+    """The config as plain data (regexes as pattern strings); parses back to an equal Config."""
+    return {
+        "name": config.name,
+        "kernel": config.kernel,
+        "mode": list(config.modes),
+        "cmdline": list(config.cmdline),
+        "xen_cmdline": list(config.xen_cmdline),
+        "dom0_memory": config.dom0_memory_mib,
+        "qemu": _qemu_dict(config.qemu),
+        "initramfs": config.initramfs,
+        "init_commands": list(config.init_commands),
+        "timeout": config.timeout,
+        "silence": config.silence,
+        "expect": _expect_dict(config.expect),
+    }
+
+
+# Python keyword spellings of YAML keys, accepted by default_config().
+_ALIASES = {"modes": "mode", "dom0_memory_mib": "dom0_memory", "memory_mib": "memory"}
+
+
+def _node(ctx: _Ctx, value: object, depth: int = 0) -> yaml.Node:
+    """A YAML node (without a line) for a Python value, so it is checked like file content."""
+    if depth > 20:
+        raise ctx.fail(None, "value nested too deeply")
+    if isinstance(value, QemuOptions):
+        value = _qemu_dict(value)
+    elif isinstance(value, Expect):
+        value = _expect_dict(value)
+    elif isinstance(value, ConsoleExpect):
+        value = _console_dict(value)
+    elif isinstance(value, re.Pattern) and isinstance(value.pattern, str):
+        value = value.pattern
+    elif isinstance(value, Path):
+        value = str(value)
+    if value is None:
+        return yaml.ScalarNode(_NULL, "null")
+    if isinstance(value, bool):
+        return yaml.ScalarNode(_BOOL, "true" if value else "false")
+    if isinstance(value, int):
+        return yaml.ScalarNode(_INT, str(value))
+    if isinstance(value, float):
+        return yaml.ScalarNode(_FLOAT, repr(value))
+    if isinstance(value, str):
+        return yaml.ScalarNode(_STR, value)
+    if isinstance(value, Mapping):
+        pairs = [(yaml.ScalarNode(_STR, _ALIASES.get(str(k), str(k))), _node(ctx, v, depth + 1))
+                 for k, v in value.items()]
+        return yaml.MappingNode(_MAP, pairs)
+    if isinstance(value, (list, tuple)):
+        return yaml.SequenceNode(_SEQ, [_node(ctx, v, depth + 1) for v in value])
+    raise ctx.fail(None, f"unsupported value of type {type(value).__name__}")
+
+
+def default_config(name: str = "adhoc", **overrides: object) -> Config:
+    """A config without a file: the defaults, plus ``overrides`` checked like YAML keys.
+
+    Keys are the YAML keys (``mode``, ``dom0_memory``, ``qemu={"memory": 512}`` …);
+    the field names ``modes``, ``dom0_memory_mib`` and ``memory_mib`` work too, and
+    ``qemu``/``expect`` may also be given as :class:`QemuOptions`/:class:`Expect`.
+    An override of ``None`` means the default (handy for unset command-line flags).
+    Errors name ``<command line>``; relative initramfs paths are taken from the cwd.
+    """
+    ctx = _Ctx(_COMMAND_LINE, Path.cwd())
+    given = {key: value for key, value in overrides.items() if value is not None}
+    root = _node(ctx, {"name": name, **given})
+    values = _read(ctx, root, _SCHEMA, "")
+    return _build(ctx, values, name, None)
+
+
+def with_overrides(config: Config, *, modes: Sequence[str] | str | None = None,
+                   timeout: float | None = None, extra_cmdline: Sequence[str] | str = (),
+                   kernel: str | None = None) -> Config:
+    """``config`` changed by command-line flags, each checked like the YAML key.
+
+    ``extra_cmdline`` is appended to ``cmdline``. A silence the file did not set follows
+    the new timeout (60 s, or the timeout if shorter); one it did set must still fit.
+    The ``lines`` of overridden keys are dropped: those values no longer come from the file.
+    """
+    ctx = _Ctx(_COMMAND_LINE, Path.cwd())
+    lines = dict(config.lines)
+
+    def forget(key: str) -> None:
+        for dotted in [k for k in lines if k == key or k.startswith(key + "[")]:
+            del lines[dotted]
+
+    new = config
+    if modes is not None:
+        new = dataclasses.replace(new, modes=_modes(ctx, _node(ctx, modes), "mode"))
+        forget("mode")
+    if kernel is not None:
+        parsed = _SCHEMA.keys["kernel"]
+        assert not isinstance(parsed, _Section)
+        new = dataclasses.replace(new, kernel=str(parsed(ctx, _node(ctx, kernel), "kernel")))
+        forget("kernel")
+    if extra_cmdline:
+        parse_words = _SCHEMA.keys["cmdline"]
+        assert not isinstance(parse_words, _Section)
+        extra = cast(tuple[str, ...], parse_words(ctx, _node(ctx, extra_cmdline), "cmdline"))
+        new = dataclasses.replace(new, cmdline=new.cmdline + extra)
+    if timeout is not None:
+        seconds = _seconds(ctx, _node(ctx, timeout), "timeout")
+        silence_set = ("silence" in config.lines
+                       or config.silence != min(DEFAULT_SILENCE, config.timeout))
+        if not silence_set:
+            silence = min(DEFAULT_SILENCE, seconds)
+        elif config.silence > seconds:
+            raise ConfigError(config.path if config.path is not None else _COMMAND_LINE,
+                              config.lines.get("silence"),
+                              f"silence ({config.silence:g}s) must not be longer than the timeout "
+                              f"({seconds:g}s) given on the command line; lower silence or "
+                              "raise the timeout")
+        else:
+            silence = config.silence
+        new = dataclasses.replace(new, timeout=seconds, silence=silence)
+        forget("timeout")
+    return dataclasses.replace(new, lines=lines)
