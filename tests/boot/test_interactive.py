@@ -1,0 +1,36 @@
+"""`patchscope boot`: the console is attached to the terminal, the guest answers, Ctrl-] quits."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.boot
+
+
+def test_boot_gives_a_shell_and_ctrl_close_bracket_quits(tmp_path: Path) -> None:
+    child = pexpect.spawn(sys.executable, ["-m", "framework.cli", "boot", "--artifacts", str(tmp_path),
+                                           "--cmdline", "quiet"],
+                          cwd=str(REPO), env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=180,
+                          encoding="utf-8", codec_errors="replace")
+    try:
+        child.expect("console attached; Ctrl-] quits")
+        child.expect("patchscope: shell")
+        child.expect("[#$] ")
+        child.sendline("echo answer=$((6*7))")
+        child.expect("answer=42")
+        child.send("\x1d")
+        child.expect(pexpect.EOF, timeout=60)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0
+    log = (tmp_path / "boot" / "native" / "console.log").read_text()
+    assert "answer=42" in log
+    pid = int((tmp_path / "boot" / "native" / "qemu.pid").read_text())
+    assert not Path(f"/proc/{pid}/cmdline").exists() or not Path(f"/proc/{pid}/cmdline").read_bytes()

@@ -1,0 +1,58 @@
+"""Record real runs as fixtures: ``python -m tests.record_runs [--mode native] [CONFIG ...]``.
+
+Boots each config in tests/data/runs/configs/ (and the shipped configs/),
+and keeps its console.log and result.json under tests/data/runs/<name>-<mode>/.
+tests/unit/test_recorded_runs.py re-judges them without booting. Re-run this
+to regenerate them after a deliberate change in what a run records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from framework.cli import main as cli_main
+
+HERE = Path(__file__).resolve().parent
+RUNS = HERE / "data" / "runs"
+REPO = HERE.parent
+# Fields that differ from run to run and say nothing about the outcome.
+VOLATILE = ("started", "duration_s", "artifacts", "qemu", "kernel", "config")
+
+
+def record(config: Path, mode: str) -> Path:
+    with tempfile.TemporaryDirectory(prefix="patchscope-record-") as tmp:
+        cli_main(["run", str(config), "--mode", mode, "--artifacts", tmp, "-q"])
+        run = next(Path(tmp).glob(f"*/{mode}"))
+        data = json.loads((run / "result.json").read_text())
+        dest = RUNS / f"{data['name']}-{mode}"
+        if dest.exists():
+            shutil.rmtree(dest)
+        dest.mkdir(parents=True)
+        shutil.copy(run / "console.log", dest / "console.log")
+        shutil.copy(config, dest / "config.yaml")
+        for key in VOLATILE:
+            data.pop(key, None)
+        (dest / "result.json").write_text(json.dumps(data, indent=2) + "\n")
+        return dest
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("configs", nargs="*", type=Path)
+    ap.add_argument("--mode", default="native")
+    args = ap.parse_args()
+    configs = args.configs or sorted((RUNS / "configs").glob("*.yaml")) + sorted((REPO / "configs").glob("*.yaml"))
+    for config in configs:
+        dest = record(config, args.mode)
+        data = json.loads((dest / "result.json").read_text())
+        print(f"{dest.relative_to(REPO)}: {data['verdict']} {data.get('outcome')} {data.get('title')}",
+              file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
