@@ -51,10 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("path", type=Path, metavar="LOG|DIR")
     check.add_argument("--expect", type=Path, metavar="CONFIG.yaml", help="judge against this config's expect:")
     check.add_argument("--json", action="store_true", help="print the observation as JSON")
+    check.add_argument("--mode", choices=("native", "xen-pv"),
+                       help="the mode the log came from (recorded in the output; both tables always apply)")
 
     boot = sub.add_parser("boot", help="boot interactively: console attached, Ctrl-] quits")
     boot.add_argument("--kernel", default=DEFAULT_KERNEL, help="kernel reference (default: %(default)s)")
-    boot.add_argument("--mode", default="native", help="native (xen-pv: not yet)")
+    boot.add_argument("--mode", default="native", choices=("native", "xen-pv"),
+                      help="native (default) or xen-pv: the kernel as PV dom0 of Xen inside QEMU")
+    boot.add_argument("--hypervisor", default=None, help="Xen for xen-pv (default: xen-4.17)")
     boot.add_argument("--cmdline", action="append", default=[], metavar="ARGS",
                       help="extra kernel arguments (repeatable)")
     boot.add_argument("--initramfs", default="default", help="default, none, or a cpio file")
@@ -155,7 +159,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     code = EXIT_PASS
     for target in targets:
         obs, saved = check_saved(target)
-        out: dict[str, Any] = {"path": str(target), **obs.to_json()}
+        out: dict[str, Any] = {"path": str(target), "mode": args.mode or (saved or {}).get("mode"),
+                               **obs.to_json()}
         if cfg is not None:
             verdict = rejudge(obs, cfg)
             out.update(verdict=verdict.verdict, reasons=list(verdict.reasons))
@@ -190,7 +195,8 @@ def cmd_boot(args: argparse.Namespace) -> int:
     # print the success marker, so it is not expected either.
     expect = {"outcome": "hangs"} if args.initramfs == "none" else None
     cfg = default_config("boot", kernel=args.kernel, modes=(args.mode,), cmdline=tuple(args.cmdline),
-                         initramfs=args.initramfs, timeout=24 * 3600.0, silence=24 * 3600.0, expect=expect)
+                         initramfs=args.initramfs, timeout=24 * 3600.0, silence=24 * 3600.0, expect=expect,
+                         hypervisor=args.hypervisor)
     check_mode(args.mode)
     req = RunRequest(cfg, args.mode, artifacts_dir(args.artifacts, "boot", args.mode),
                      accel=args.accel, interactive=True)

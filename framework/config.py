@@ -9,7 +9,9 @@ Schema (every key is optional)::
 
     name: boot-native        # [A-Za-z0-9._-]+, at most 100 characters; default: the file's stem
     kernel: debian-6.1       # a kernel reference (resolved elsewhere); default debian-6.1
-    mode: native             # native | xen-pv, or a list of them without repeats: [native, xen-pv]
+    mode: native             # native | xen-pv, or a list of them without repeats;
+                             # default: both, [native, xen-pv] (a config runs in every mode unless it pins one)
+    hypervisor: xen-4.17     # the Xen for xen-pv mode: a recipe name or path:<xen image>; default xen-4.17
     cmdline: [nokaslr, debug]   # extra kernel arguments: a list, or one string split on whitespace
     xen_cmdline: [loglvl=all]   # extra Xen arguments (xen-pv mode), same forms as cmdline
     dom0_memory: 512         # MiB for dom0 in xen-pv mode: 512, "512M" or "1G"; default 256
@@ -99,6 +101,7 @@ __all__ = [
 
 Outcome = Literal["boots", "panics", "hangs"]
 Mode = Literal["native", "xen-pv"]
+DEFAULT_HYPERVISOR = "xen-4.17"
 MODES: tuple[str, ...] = ("native", "xen-pv")
 OUTCOMES: tuple[str, ...] = ("boots", "panics", "hangs")
 
@@ -148,7 +151,8 @@ class Config:
     name: str
     path: Path | None = None
     kernel: str = DEFAULT_KERNEL
-    modes: tuple[str, ...] = ("native",)
+    modes: tuple[str, ...] = MODES
+    hypervisor: str = DEFAULT_HYPERVISOR
     cmdline: tuple[str, ...] = ()
     xen_cmdline: tuple[str, ...] = ()
     dom0_memory_mib: int = DEFAULT_DOM0_MEMORY_MIB
@@ -491,6 +495,7 @@ _SCHEMA = _Section({
     "name": _text(_NAME_WHAT, pattern=_NAME_PATTERN),
     "kernel": _text("a kernel reference such as 'debian-6.1'"),
     "mode": _modes,
+    "hypervisor": _text("a hypervisor reference such as 'xen-4.17' or 'path:/boot/xen'"),
     "cmdline": _words("a list of kernel arguments", split=True, check=_one_line),
     "xen_cmdline": _words("a list of Xen arguments", split=True, check=_one_line),
     "dom0_memory": _mib(),
@@ -623,7 +628,8 @@ def _build(ctx: _Ctx, values: Mapping[str, object], name: str, path: Path | None
         name=_get(values, "name", name),
         path=path,
         kernel=_get(values, "kernel", DEFAULT_KERNEL),
-        modes=_get(values, "mode", ("native",)),
+        modes=_get(values, "mode", MODES),
+        hypervisor=_get(values, "hypervisor", DEFAULT_HYPERVISOR),
         cmdline=_get(values, "cmdline", ()),
         xen_cmdline=_get(values, "xen_cmdline", ()),
         dom0_memory_mib=_get(values, "dom0_memory", DEFAULT_DOM0_MEMORY_MIB),
@@ -749,6 +755,7 @@ def to_yaml_dict(config: Config) -> dict[str, object]:
         "name": config.name,
         "kernel": config.kernel,
         "mode": list(config.modes),
+        "hypervisor": config.hypervisor,
         "cmdline": list(config.cmdline),
         "xen_cmdline": list(config.xen_cmdline),
         "dom0_memory": config.dom0_memory_mib,

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__, initramfs, machine
+from . import __version__, initramfs, machine, xen
 from .config import Config, to_yaml_dict
 from .console import Ending, TimedLine, format_line, monitor, read_console_file
 from .errors import LaunchError, PatchscopeError, UnsupportedError
@@ -29,7 +29,7 @@ from .report import RESULT, read_result, write_json
 from .verdict import Verdict, judge
 
 Note = Callable[[str], None]
-SUPPORTED_MODES = ("native",)
+SUPPORTED_MODES = machine.MODES
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,11 @@ def prepare(config: Config, note: Note) -> Kernel:
     return prepare_kernel(parse_ref(config.kernel, base=base), note)
 
 
+def prepare_xen(config: Config, note: Note) -> xen.Hypervisor:
+    base = config.path.parent if config.path else None
+    return xen.prepare_hypervisor(parse_ref(config.hypervisor, base=base), note)
+
+
 def execute(req: RunRequest, note: Note) -> RunResult:
     """Run one config in one mode; never raises PatchscopeError (it becomes verdict 'error')."""
     cfg = req.config
@@ -99,7 +104,12 @@ def execute(req: RunRequest, note: Note) -> RunResult:
         kernel = prepare(cfg, note)
         data["kernel"] = kernel.identity()
         data["symbol_source"] = kernel.symbol_source
-        lines, ending = _boot(req, kernel, note, data)
+        hypervisor = prepare_xen(cfg, note) if req.mode == "xen-pv" else None
+        if hypervisor is not None:
+            data["hypervisor"] = hypervisor.identity()
+        lines, ending = _boot(req, kernel, hypervisor, note, data)
+        if hypervisor is not None:
+            data["hypervisor"]["banner"] = xen.banner([text for _, text in lines])
         obs = observe(lines, ending)
         verdict = judge(obs, cfg.expect)
         data.update(obs.to_json())
@@ -117,7 +127,7 @@ def execute(req: RunRequest, note: Note) -> RunResult:
     return RunResult(data)
 
 
-def _boot(req: RunRequest, kernel: Kernel, note: Note,
+def _boot(req: RunRequest, kernel: Kernel, hypervisor: xen.Hypervisor | None, note: Note,
           data: dict[str, Any]) -> tuple[list[TimedLine], Ending]:
     cfg = req.config
     out = req.outdir
@@ -126,11 +136,17 @@ def _boot(req: RunRequest, kernel: Kernel, note: Note,
     sockdir = private_socket_dir()
     m = machine.Machine(
         mode=req.mode, kernel=kernel.bzimage, initrd=initrd,
-        cmdline=machine.kernel_cmdline(list(cfg.cmdline)), qmp_socket=sockdir / "qmp.sock",
+        cmdline=machine.kernel_cmdline(list(cfg.cmdline), req.mode), qmp_socket=sockdir / "qmp.sock",
         cpu=cfg.qemu.cpu or machine.DEFAULT_CPU[req.mode],
         memory_mib=cfg.qemu.memory_mib or machine.DEFAULT_MEMORY_MIB[req.mode],
-        smp=cfg.qemu.smp, accel=accel, extra=cfg.qemu.extra)
-    argv = machine.qemu_argv(m)
+        smp=cfg.qemu.smp, accel=accel, extra=cfg.qemu.extra,
+        hypervisor=hypervisor.image if hypervisor else None,
+        xen_cmdline=machine.xen_cmdline(cfg.dom0_memory_mib, cfg.xen_cmdline),
+        dom0_memory_mib=cfg.dom0_memory_mib)
+    try:
+        argv = machine.qemu_argv(m)
+    except ValueError as err:
+        raise UnsupportedError(str(err)) from err
     (out / "qemu.cmdline").write_text(shlex.join(argv) + "\n")
     data["accel"] = {"used": accel, "why": why}
     data["qemu"] = {"argv": argv}
@@ -139,7 +155,8 @@ def _boot(req: RunRequest, kernel: Kernel, note: Note,
         vm.launch()
         data["qemu"]["pid"] = vm.pid
         (out / "qemu.pid").write_text(f"{vm.pid}\n")
-        note(f"{cfg.name} [{req.mode}]: booting {kernel.ref} ({accel}), artefacts in {out}")
+        what = f"{kernel.ref} as PV dom0 of {hypervisor.ref}" if hypervisor else kernel.ref
+        note(f"{cfg.name} [{req.mode}]: booting {what} ({accel}), artefacts in {out}")
         with open(out / "console.log", "w", encoding="utf-8") as log:
             if req.interactive:
                 lines, ending = _interactive(vm, log)

@@ -27,17 +27,24 @@ def _row(name: str, label: str, regex: str) -> StageRow:
 
 
 # In boot order. Natively under QEMU, SeaBIOS and the decompressor print
-# nothing on the serial console, so the first line is Linux's banner.
+# nothing on the serial console, so the first line is Linux's banner. Under
+# Xen PV, Xen's own lines ("(XEN) …") come first, then dom0's Linux, then
+# Xen's S5 after dom0 powers off. Rows starting "xen-" are Xen's own stages.
 STAGES: tuple[StageRow, ...] = (
+    _row("xen", "Xen version", r"^\(XEN\) Xen version \d"),
+    _row("xen-dom0-build", "Xen: building dom0", r"^\(XEN\) (\*\*\* Building a PV Dom0|\s*Dom0 kernel: )"),
+    _row("xen-dom0-start", "Xen: dom0 started", r"^\(XEN\) \*\*\* Serial input to DOM0"),
     _row("decompress", "Decompressing Linux", r"Decompressing Linux"),
     _row("linux", "Linux version", r"\bLinux version \d\S*"),
-    _row("paravirt", "Booting paravirtualized kernel", r"Booting paravirtualized kernel on "),
+    # 6.1 prints "on bare hardware" natively and "Booting kernel on Xen" as PV dom0.
+    _row("paravirt", "Booting paravirtualized kernel", r"Booting (paravirtualized )?kernel on "),
     _row("smp-alternatives", "Freeing SMP alternatives", r"Freeing SMP alternatives memory"),
     _row("free-initmem", "Freeing unused kernel image", r"Freeing unused kernel image \(initmem\) memory"),
     _row("run-init", "Run /init", r"Run \S+ as init process"),
     _row("userspace", "patchscope /init", re.escape(MARKER_USERSPACE)),
     _row("init-done", "init done", re.escape(MARKER_DONE) + r"\s*$"),
     _row("power-off", "reboot: Power down", r"reboot: Power down"),
+    _row("xen-s5", "Xen: Entering ACPI S5", r"^\(XEN\) Entering ACPI S5 state"),
 )
 BY_NAME = {row.name: row for row in STAGES}
 START_LABEL = "QEMU started"

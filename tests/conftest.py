@@ -36,8 +36,10 @@ def result_json(artifacts: Path, name: str, mode: str = "native") -> dict[str, A
 
 
 def write_config(tmp_path: Path, name: str, body: str) -> Path:
+    """A config file; it pins mode: native unless the body says otherwise."""
     path = tmp_path / f"{name}.yaml"
-    path.write_text(f"name: {name}\n" + body)
+    mode = "" if "mode:" in body else "mode: native\n"
+    path.write_text(f"name: {name}\n{mode}" + body)
     return path
 
 

@@ -101,13 +101,14 @@ def test_check_rejudges_saved_artefacts_without_booting(artifacts: Path) -> None
     assert plain.returncode == 0 and json.loads(plain.stdout)["outcome"] == "boots"
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_interrupt_during_boot_leaves_no_qemu(tmp_path: Path, artifacts: Path, sig: int) -> None:
-    cfg = write_config(tmp_path, "interrupted", "init_commands: ['sleep 600']\ntimeout: 300\n")
+@pytest.mark.parametrize("mode, sig", [("native", signal.SIGINT), ("native", signal.SIGTERM),
+                                       ("xen-pv", signal.SIGINT)])
+def test_interrupt_during_boot_leaves_no_qemu(tmp_path: Path, artifacts: Path, mode: str, sig: int) -> None:
+    cfg = write_config(tmp_path, "interrupted", f"mode: {mode}\ninit_commands: ['sleep 600']\ntimeout: 300\n")
     proc = subprocess.Popen([sys.executable, "-m", "framework.cli", "run", str(cfg), "--artifacts",
                              str(artifacts), "-q"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
-    console = artifacts / "interrupted" / "native" / "console.log"
+    console = artifacts / "interrupted" / mode / "console.log"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if console.exists() and "Linux version" in console.read_text(errors="replace"):
@@ -116,13 +117,13 @@ def test_interrupt_during_boot_leaves_no_qemu(tmp_path: Path, artifacts: Path, s
     else:
         proc.kill()
         pytest.fail("the kernel never started")
-    qemu_pid = int((artifacts / "interrupted" / "native" / "qemu.pid").read_text())
+    qemu_pid = int((artifacts / "interrupted" / mode / "qemu.pid").read_text())
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr
     assert not Path(f"/proc/{qemu_pid}").exists() or _zombie(qemu_pid), "QEMU survived the interrupt"
-    data = result_json(artifacts, "interrupted")
+    data = result_json(artifacts, "interrupted", mode)
     assert data["verdict"] == "error" and data["error"] == "interrupted"
     assert "Linux version" in console.read_text()   # the log up to the interrupt is kept
 

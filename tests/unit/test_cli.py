@@ -31,7 +31,7 @@ def test_unknown_key_is_rejected_before_anything_boots(tmp_path: Path) -> None:
     bad = write_config(tmp_path, "bad", "expect:\n  outcom: boots\n")
     res = patchscope("run", str(good), str(bad), "--artifacts", str(tmp_path / "out"))
     assert res.returncode == 2
-    assert "outcom" in _one_line_error(res.stderr) and f"{bad}:3" in res.stderr
+    assert "outcom" in _one_line_error(res.stderr) and f"{bad}:4" in res.stderr  # name, mode, expect, outcom
     assert not (tmp_path / "out").exists()   # nothing booted, not even the good one
 
 
@@ -64,11 +64,26 @@ def test_corrupt_kernel_image(tmp_path: Path) -> None:
     assert "not an x86 bzImage" in result_json(tmp_path / "out", "corrupt")["error"]
 
 
-def test_xen_pv_is_clearly_not_supported_yet(tmp_path: Path) -> None:
-    cfg = write_config(tmp_path, "xen", "mode: xen-pv\n")
-    res = patchscope("run", str(cfg), "--artifacts", str(tmp_path / "out"))
+@pytest.mark.parametrize("image, fragment", [
+    (b"\x1f\x8b\x08\x00broken gzip", "does not decompress"),
+    (b"\x7fELF\x02\x01\x01" + b"\0" * 100, "a 64-bit ELF"),
+    (b"MZ not xen at all", "not a Xen image"),
+])
+def test_bad_hypervisor_image_is_an_error_with_artefacts_kept(tmp_path: Path, image: bytes, fragment: str) -> None:
+    xen = tmp_path / "xen.gz"
+    xen.write_bytes(image)
+    cfg = write_config(tmp_path, "badxen", f"mode: xen-pv\nhypervisor: 'path:{xen}'\n")
+    res = patchscope("run", str(cfg), "--artifacts", str(tmp_path / "out"), "-q")
+    assert res.returncode == 2, res.stdout + res.stderr
+    data = result_json(tmp_path / "out", "badxen", "xen-pv")
+    assert data["verdict"] == "error" and fragment in data["error"]
+
+
+def test_unknown_hypervisor_recipe(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, "noxen", "mode: xen-pv\nhypervisor: xen-9.99\n")
+    res = patchscope("run", str(cfg), "--artifacts", str(tmp_path / "out"), "-q")
     assert res.returncode == 2
-    assert "mode 'xen-pv' is not supported yet" in _one_line_error(res.stderr)
+    assert "unknown kernel reference 'xen-9.99'" in res.stdout
 
 
 def test_check_of_a_missing_path(tmp_path: Path) -> None:

@@ -279,7 +279,8 @@ def test_defaults(cfg_path: Path) -> None:
     c = parse_config("{}\n", cfg_path)
     assert c == Config(name="boot", path=cfg_path)
     assert c.kernel == "debian-6.1"
-    assert c.modes == ("native",)
+    assert c.modes == ("native", "xen-pv")   # a config runs in every mode unless it pins one
+    assert c.hypervisor == "xen-4.17"
     assert c.cmdline == () and c.xen_cmdline == () and c.init_commands == ()
     assert c.dom0_memory_mib == 256
     assert c.qemu == QemuOptions(cpu=None, memory_mib=None, smp=1, extra=())

@@ -48,3 +48,32 @@ def test_kvm_probe_boots_the_kernel_itself() -> None:
     argv = machine.kvm_probe_argv(Path("/k/bzImage"))
     assert argv[argv.index("-accel") + 1] == "kvm"
     assert argv[argv.index("-kernel") + 1] == "/k/bzImage"
+
+
+def _xen(**kw: object) -> machine.Machine:
+    args: dict[str, object] = {"mode": "xen-pv", "kernel": Path("/k/bzImage"), "initrd": Path("/k/i.cpio"),
+                               "cmdline": machine.kernel_cmdline(["debug"], "xen-pv"),
+                               "qmp_socket": Path("/s/qmp.sock"), "cpu": machine.DEFAULT_CPU["xen-pv"],
+                               "memory_mib": 1024, "hypervisor": Path("/x/xen"),
+                               "xen_cmdline": machine.xen_cmdline(256, ["loglvl=all"])}
+    args.update(kw)
+    return machine.Machine(**args)  # type: ignore[arg-type]
+
+
+def test_xen_pv_command_line_boots_xen_with_dom0_as_a_multiboot_module() -> None:
+    argv = machine.qemu_argv(_xen())
+    assert argv[argv.index("-kernel") + 1] == "/x/xen"
+    assert argv[argv.index("-append") + 1] == \
+        "console=com1 com1=115200,8n1 noreboot dom0_mem=256M,max:256M loglvl=all"
+    assert argv[argv.index("-initrd") + 1] == "/k/bzImage console=hvc0 panic=-1 debug,/k/i.cpio"
+    assert argv[argv.index("-cpu") + 1] == "max,-smap,-smep"   # -cpu max kills dom0 under TCG
+    assert "-no-reboot" in argv
+
+
+def test_xen_pv_without_initramfs_and_bad_module_paths() -> None:
+    argv = machine.qemu_argv(_xen(initrd=None))
+    assert argv[argv.index("-initrd") + 1] == "/k/bzImage console=hvc0 panic=-1 debug"
+    with pytest.raises(ValueError, match="multiboot loader cannot take"):
+        machine.qemu_argv(_xen(initrd=Path("/k/a,b.cpio")))
+    with pytest.raises(ValueError, match="needs a hypervisor"):
+        machine.qemu_argv(_xen(hypervisor=None))
