@@ -1,4 +1,6 @@
-"""`patchscope boot`: the console is attached to the terminal, the guest answers, Ctrl-] quits."""
+"""`patchscope boot`: the console is attached to the terminal, the guest answers, Ctrl-] quits.
+
+Under Xen, the keyboard reaches dom0's hvc0 through Xen's com1 ("Serial input to DOM0")."""
 
 from __future__ import annotations
 
@@ -14,9 +16,10 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.boot
 
 
-def test_boot_gives_a_shell_and_ctrl_close_bracket_quits(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["native", "xen-pv"])
+def test_boot_gives_a_shell_and_ctrl_close_bracket_quits(tmp_path: Path, mode: str) -> None:
     child = pexpect.spawn(sys.executable, ["-m", "framework.cli", "boot", "--artifacts", str(tmp_path),
-                                           "--cmdline", "quiet"],
+                                           "--mode", mode, "--cmdline", "quiet"],
                           cwd=str(REPO), env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=180,
                           encoding="utf-8", codec_errors="replace")
     try:
@@ -30,7 +33,7 @@ def test_boot_gives_a_shell_and_ctrl_close_bracket_quits(tmp_path: Path) -> None
     finally:
         child.close(force=True)
     assert child.exitstatus == 0
-    log = (tmp_path / "boot" / "native" / "console.log").read_text()
+    log = (tmp_path / "boot" / mode / "console.log").read_text()
     assert "answer=42" in log
-    pid = int((tmp_path / "boot" / "native" / "qemu.pid").read_text())
+    pid = int((tmp_path / "boot" / mode / "qemu.pid").read_text())
     assert not Path(f"/proc/{pid}/cmdline").exists() or not Path(f"/proc/{pid}/cmdline").read_bytes()

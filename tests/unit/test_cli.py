@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import patchscope, result_json, write_config
+from tests.conftest import REPO, patchscope, result_json, write_config
 
 
 def _one_line_error(res_stderr: str) -> str:
@@ -98,3 +99,13 @@ def test_check_reads_a_hostile_log_without_crashing(tmp_path: Path) -> None:
     res = patchscope("check", str(log), "--json")
     assert res.returncode == 0, res.stderr
     assert '"outcome": "panics"' in res.stdout
+
+
+def test_check_a_saved_xen_console_log() -> None:
+    log = REPO / "tests/data/runs/xen-pv-smap-tcg-xen-pv/console.log"
+    res = patchscope("check", str(log), "--mode", "xen-pv", "--json")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["mode"] == "xen-pv" and out["outcome"] == "panics"
+    assert out["title"] == "xen: d0 unhandled page fault"
+    assert [s["name"] for s in out["stages"]][:3] == ["xen", "xen-dom0-build", "xen-dom0-start"]
