@@ -15,6 +15,7 @@ console.log format, one guest line per line::
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -107,11 +108,13 @@ DONE_GRACE = 15.0
 
 def monitor(read: Callable[[float], bytes | None], log: TextIO, started: float, *,
             timeout: float, silence: float, exitcode: Callable[[], int | None],
-            on_line: Callable[[float, str], None] | None = None) -> tuple[list[TimedLine], Ending]:
+            on_line: Callable[[float, str], None] | None = None,
+            held: Callable[[], bool] | None = None) -> tuple[list[TimedLine], Ending]:
     """Read the console until the run ends; returns every line and how it ended.
 
     ``read(t)`` returns bytes (b"" if none within t seconds) or None at EOF.
     Times are ``time.monotonic()`` based; ``started`` is QEMU's launch.
+    While ``held()`` is true (GDB holds the guest at a breakpoint) silence does not count.
     """
     splitter = LineSplitter()
     lines: list[TimedLine] = []
@@ -140,6 +143,8 @@ def monitor(read: Callable[[float], bytes | None], log: TextIO, started: float, 
 
     while True:
         now = time.monotonic()
+        if held is not None and held():
+            last_output = now
         ends: list[tuple[float, EndReason]] = [(started + timeout, "timeout"),
                                                (last_output + silence, "silence")]
         if fatal_at is not None:
@@ -158,6 +163,61 @@ def monitor(read: Callable[[float], bytes | None], log: TextIO, started: float, 
             for text in splitter.feed(data):
                 take(text)
             log.flush()
+
+
+class ConsoleThread(threading.Thread):
+    """``monitor`` in a background thread, so the console is drained and logged
+    while the main thread drives GDB. Events let the driver wait for the
+    success marker or notice a fatal crash; ``hold()`` stops the silence clock
+    while GDB keeps the guest stopped."""
+
+    def __init__(self, read: Callable[[float], bytes | None], log: TextIO, started: float, *,
+                 timeout: float, silence: float, exitcode: Callable[[], int | None],
+                 on_line: Callable[[float, str], None] | None = None) -> None:
+        super().__init__(name="patchscope-console", daemon=True)
+        self._read, self._log, self._t0 = read, log, started
+        self._timeout, self._silence, self._exitcode = timeout, silence, exitcode
+        self._on_line = on_line
+        self._held = threading.Event()
+        self.marker = threading.Event()     # the success marker was printed
+        self.fatal = threading.Event()      # a fatal crash line was printed
+        self.finished = threading.Event()
+        self.lines: list[TimedLine] = []
+        self.ending: Ending | None = None
+        self.error: BaseException | None = None
+
+    def hold(self) -> None:
+        self._held.set()
+
+    def release(self) -> None:
+        self._held.clear()
+
+    def _line(self, t: float, text: str) -> None:
+        if MARKER_DONE in text and stages.match_stage(text) is not None:
+            self.marker.set()
+        if crashes.is_fatal_line(text):
+            self.fatal.set()
+        if self._on_line is not None:
+            self._on_line(t, text)
+
+    def run(self) -> None:
+        try:
+            self.lines, self.ending = monitor(self._read, self._log, self._t0, on_line=self._line,
+                                              held=self._held.is_set, timeout=self._timeout,
+                                              silence=self._silence, exitcode=self._exitcode)
+        except BaseException as err:  # noqa: BLE001 - handed to the main thread
+            self.error = err
+        finally:
+            self.finished.set()
+
+    def result(self) -> tuple[list[TimedLine], Ending]:
+        """Wait for the end of the run (interruptible by Ctrl-C)."""
+        while not self.finished.wait(0.2):
+            pass
+        if self.error is not None:
+            raise self.error
+        assert self.ending is not None
+        return self.lines, self.ending
 
 
 def read_console_file(path: Path) -> list[TimedLine]:

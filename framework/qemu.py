@@ -48,6 +48,8 @@ class Qemu:
         self.qmp: QMP | None = None
         self.exitcode: int | None = None
         self.started = 0.0
+        # False while another thread (the console monitor) reads the console.
+        self.drain_on_wait = True
 
     # lifecycle ---------------------------------------------------------------
     def launch(self) -> None:
@@ -146,10 +148,13 @@ class Qemu:
             if self.child is None or not self.child.isalive():
                 self._reap()
                 return True
+            if not self.drain_on_wait:
+                time.sleep(0.05)
+                continue
             # Drain output so QEMU never blocks writing to a full pty.
             try:
                 self.child.read_nonblocking(size=65536, timeout=0.05)
-            except (pexpect.TIMEOUT, pexpect.EOF):
+            except (pexpect.TIMEOUT, pexpect.EOF, OSError, ValueError):
                 pass
         return False
 

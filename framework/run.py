@@ -19,7 +19,7 @@ from typing import Any
 
 from . import __version__, initramfs, machine, xen
 from .config import Config, to_yaml_dict
-from .console import Ending, TimedLine, format_line, monitor, read_console_file
+from .console import ConsoleThread, Ending, TimedLine, format_line, read_console_file
 from .errors import LaunchError, PatchscopeError, UnsupportedError
 from .image import Kernel, prepare_kernel
 from .observe import Observation, observe
@@ -127,8 +127,13 @@ def execute(req: RunRequest, note: Note) -> RunResult:
     return RunResult(data)
 
 
+# What a GDB-driven inspection gets: the running QEMU (stopped at its first
+# instruction, gdbstub on m.gdb_socket), the console thread, and the machine.
+Inspect = Callable[[Qemu, ConsoleThread, machine.Machine], None]
+
+
 def _boot(req: RunRequest, kernel: Kernel, hypervisor: xen.Hypervisor | None, note: Note,
-          data: dict[str, Any]) -> tuple[list[TimedLine], Ending]:
+          data: dict[str, Any], inspect: Inspect | None = None) -> tuple[list[TimedLine], Ending]:
     cfg = req.config
     out = req.outdir
     initrd = _initramfs(cfg, out, req.interactive, note)
@@ -142,7 +147,8 @@ def _boot(req: RunRequest, kernel: Kernel, hypervisor: xen.Hypervisor | None, no
         smp=cfg.qemu.smp, accel=accel, extra=cfg.qemu.extra,
         hypervisor=hypervisor.image if hypervisor else None,
         xen_cmdline=machine.xen_cmdline(cfg.dom0_memory_mib, cfg.xen_cmdline),
-        dom0_memory_mib=cfg.dom0_memory_mib)
+        dom0_memory_mib=cfg.dom0_memory_mib,
+        gdb_socket=sockdir / "gdb.sock" if inspect is not None else None, stopped=inspect is not None)
     try:
         argv = machine.qemu_argv(m)
     except ValueError as err:
@@ -162,10 +168,19 @@ def _boot(req: RunRequest, kernel: Kernel, hypervisor: xen.Hypervisor | None, no
                 lines, ending = _interactive(vm, log)
             else:
                 vm.connect_qmp()
-                lines, ending = monitor(
-                    vm.read, log, vm.started, timeout=cfg.timeout, silence=cfg.silence,
-                    exitcode=lambda: vm.exitcode,
-                    on_line=_stage_printer(note, cfg.name, req.mode))
+                console = ConsoleThread(vm.read, log, vm.started, timeout=cfg.timeout, silence=cfg.silence,
+                                        exitcode=lambda: vm.exitcode,
+                                        on_line=_stage_printer(note, cfg.name, req.mode))
+                vm.drain_on_wait = False
+                console.start()
+                try:
+                    if inspect is not None:
+                        inspect(vm, console, m)
+                    lines, ending = console.result()
+                finally:
+                    if not console.finished.is_set():
+                        vm.shutdown()
+                        console.finished.wait(5.0)
     finally:
         vm.shutdown()
         data["qemu"]["exitcode"] = vm.exitcode
