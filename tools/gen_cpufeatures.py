@@ -1,0 +1,111 @@
+"""Regenerate the X86_FEATURE/X86_BUG table in ``framework/cpufeatures.py``.
+
+The table is data taken from the kernel's ``arch/x86/include/asm/cpufeatures.h``
+(the numbers and names only). Get Debian's exact 6.1 header with::
+
+    cd /tmp && apt-get download linux-source-6.1
+    dpkg-deb --fsys-tarfile linux-source-6.1_*_all.deb | tar -x ./usr/src/
+    tar -xJf usr/src/linux-source-6.1.tar.xz linux-source-6.1/arch/x86/include/asm/cpufeatures.h
+
+then run::
+
+    .venv/bin/python tools/gen_cpufeatures.py /tmp/linux-source-6.1/arch/x86/include/asm/cpufeatures.h \\
+        --source "Debian linux-source-6.1 6.1.192-2"
+
+It rewrites the block between the ``# BEGIN GENERATED`` and ``# END GENERATED``
+lines of ``framework/cpufeatures.py`` and nothing else. Definitions inside
+``#ifdef CONFIG_X86_32`` are left out (patchscope looks at x86-64 kernels only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+TARGET = Path(__file__).resolve().parents[1] / "framework" / "cpufeatures.py"
+BEGIN = "# BEGIN GENERATED"
+END = "# END GENERATED"
+
+_WORD_BIT = r"\(\s*(\d+)\s*\*\s*32\s*\+\s*(\d+)\s*\)"
+_FEATURE = re.compile(r"#define\s+X86_FEATURE_(\w+)\s+" + _WORD_BIT)
+_BUG = re.compile(r"#define\s+X86_BUG_(\w+)\s+X86_BUG\(\s*(?:(\d+)\s*\*\s*32\s*\+\s*)?(\d+)\s*\)")
+_COUNT = re.compile(r"#define\s+(NCAPINTS|NBUGINTS)\s+(\d+)")
+
+
+def parse(text: str) -> tuple[int, int, list[tuple[int, int, str]], list[tuple[int, int, str]]]:
+    """NCAPINTS, NBUGINTS, features and bugs (word, bit, name) from cpufeatures.h."""
+    counts: dict[str, int] = {}
+    features: list[tuple[int, int, str]] = []
+    bugs: list[tuple[int, int, str]] = []
+    skip = 0          # depth inside #ifdef CONFIG_X86_32
+    depth = 0
+    for line in text.splitlines():
+        s = line.strip()
+        if s.startswith("#if"):
+            depth += 1
+            if s.split()[:2] == ["#ifdef", "CONFIG_X86_32"] and not skip:
+                skip = depth
+            continue
+        if s.startswith("#endif"):
+            if skip == depth:
+                skip = 0
+            depth -= 1
+            continue
+        if s.startswith("#else") and skip == depth:
+            skip = 0
+            continue
+        if skip:
+            continue
+        if m := _COUNT.match(s):
+            counts[m.group(1)] = int(m.group(2))
+        elif m := _FEATURE.match(s):
+            features.append((int(m.group(2)), int(m.group(3)), m.group(1)))
+        elif m := _BUG.match(s):
+            bugs.append((int(m.group(2) or 0), int(m.group(3)), m.group(1)))
+    if "NCAPINTS" not in counts or "NBUGINTS" not in counts or not features:
+        raise SystemExit("not a cpufeatures.h: NCAPINTS, NBUGINTS or X86_FEATURE_ defines missing")
+    for table in (features, bugs):
+        seen: dict[tuple[int, int], str] = {}
+        for word, bit, name in table:
+            if bit >= 32 or (word, bit) in seen:
+                raise SystemExit(f"bad or duplicate bit {word}*32+{bit}: {name} (and {seen.get((word, bit))})")
+            seen[(word, bit)] = name
+    return counts["NCAPINTS"], counts["NBUGINTS"], features, bugs
+
+
+def render(source: str, ncapints: int, nbugints: int, features: list[tuple[int, int, str]],
+           bugs: list[tuple[int, int, str]]) -> str:
+    out = [BEGIN + f" by tools/gen_cpufeatures.py from {source}; do not edit by hand",
+           f"NCAPINTS_6_1 = {ncapints}", f"NBUGINTS_6_1 = {nbugints}",
+           "# (word, bit, name): X86_FEATURE_<name> = word*32 + bit", "_FEATURES_6_1: tuple[tuple[int, int, str], ...] = ("]
+    out += [f"    ({w}, {b}, {n!r})," for w, b, n in features]
+    out += [")", "# (word, bit, name): X86_BUG_<name> = NCAPINTS*32 + word*32 + bit",
+            "_BUGS_6_1: tuple[tuple[int, int, str], ...] = ("]
+    out += [f"    ({w}, {b}, {n!r})," for w, b, n in bugs]
+    out += [")", END]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("header", type=Path, help="arch/x86/include/asm/cpufeatures.h of Linux 6.1")
+    ap.add_argument("--source", default="Linux 6.1 arch/x86/include/asm/cpufeatures.h",
+                    help="where the header came from (recorded in the generated block)")
+    ap.add_argument("--target", type=Path, default=TARGET)
+    args = ap.parse_args(argv)
+    ncap, nbug, features, bugs = parse(args.header.read_text())
+    text = args.target.read_text()
+    start, end = text.find(BEGIN), text.find(END)
+    if start < 0 or end < start:
+        raise SystemExit(f"{args.target}: no '{BEGIN}' ... '{END}' block")
+    line_start = text.rfind("\n", 0, start) + 1
+    text = text[:line_start] + render(args.source, ncap, nbug, features, bugs) + text[end + len(END):]
+    args.target.write_text(text)
+    print(f"{args.target}: {len(features)} features, {len(bugs)} bugs, NCAPINTS={ncap}, NBUGINTS={nbug}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
