@@ -82,6 +82,8 @@ from typing import Literal, TypeVar, cast
 import yaml
 
 from .errors import ConfigError
+from .sites import STATES
+from .vmlinux import TABLES
 
 __all__ = [
     "MODES",
@@ -101,6 +103,7 @@ __all__ = [
 
 Outcome = Literal["boots", "panics", "hangs"]
 Mode = Literal["native", "xen-pv"]
+
 DEFAULT_HYPERVISOR = "xen-4.17"
 MODES: tuple[str, ...] = ("native", "xen-pv")
 OUTCOMES: tuple[str, ...] = ("boots", "panics", "hangs")
@@ -142,6 +145,42 @@ class Expect:
     crash: re.Pattern[str] | None = None
     allow_crashes: tuple[re.Pattern[str], ...] = ()
     console: ConsoleExpect = ConsoleExpect()
+    sites: tuple[SiteAssertion, ...] = ()
+    oversized: int | None = None          # at most this many over-sized patches
+    unknown_changes: int | None = None    # at most this many text changes outside every known site
+    pv_indirect: int | None = None        # at most this many pv sites left as "call *pv_ops+…"
+
+
+CAPTURE_POINTS = ("before-patching", "after-patching", "booted")
+
+
+@dataclass(frozen=True)
+class Inspect:
+    """What GDB captures of the guest's text, and which patch-site tables are compared."""
+
+    captures: tuple[str, ...] = ("after-patching",)   # capture points or kernel symbols, in boot order
+    tables: tuple[str, ...] = TABLES
+
+
+@dataclass(frozen=True)
+class SiteAssertion:
+    """One assertion on patch sites: selectors, then exactly one check."""
+
+    table: str | None = None
+    op: str | None = None                      # paravirt: "irq.save_fl"
+    feature: str | None = None                 # alternatives: "X86_FEATURE_XENPV" or "!X86_FEATURE_XENPV"
+    symbol: re.Pattern[str] | None = None      # regex on "function+0xoff"
+    at: str | None = None                      # capture point (default: the last)
+    insns: str | None = None                   # every selected site's live instructions, NOPs left out
+    insns_regex: re.Pattern[str] | None = None
+    state: tuple[str, ...] | None = None       # every selected site is in one of these states
+    count: tuple[int, int] | None = None       # number of selected sites, inclusive bounds
+    line: int | None = field(default=None, compare=False)
+
+    def describe(self) -> str:
+        sel = [f"{k}={v}" for k, v in (("table", self.table), ("op", self.op), ("feature", self.feature),
+                                       ("symbol", self.symbol.pattern if self.symbol else None)) if v]
+        return " ".join(sel) or "all sites"
 
 
 @dataclass(frozen=True)
@@ -162,6 +201,7 @@ class Config:
     timeout: float = DEFAULT_TIMEOUT
     silence: float = DEFAULT_SILENCE
     expect: Expect = Expect()
+    inspect: Inspect | None = None
     # Dotted key -> 1-based line ("expect.outcome", "cmdline[2]"); read-only by convention.
     # Not part of equality: the same settings laid out differently are the same config.
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, hash=False)
@@ -404,6 +444,97 @@ def _optional_regex(ctx: _Ctx, node: yaml.Node, key: str) -> re.Pattern[str] | N
     return _compile(ctx, node, key, _scalar_text(ctx, node, key, "a regex"))
 
 
+_SYMBOL = r"[A-Za-z_][A-Za-z0-9_.$]*"
+
+
+def _names(what: str, check: Callable[[str], str | None]) -> Parser:
+    """A name or a list of names, without repeats; ``check`` returns a reason to refuse one."""
+    def parse(ctx: _Ctx, node: yaml.Node, key: str) -> tuple[str, ...]:
+        out: list[str] = []
+        for item_key, item, text in _items(ctx, node, key, what, split=True):
+            reason = check(text)
+            if reason is not None:
+                raise ctx.fail(item, f"{item_key}: {reason}")
+            if text in out:
+                raise ctx.fail(item, f"{item_key}: {_quote(text)} is listed twice")
+            out.append(text)
+        if not out:
+            raise ctx.fail(node, f"{key} must be {what}, not {_describe(node)}")
+        return tuple(out)
+    return parse
+
+
+def _capture_name(text: str) -> str | None:
+    if text in CAPTURE_POINTS or re.fullmatch(_SYMBOL, text):
+        return None
+    return (f"{_quote(text)} is not a capture point: use {', '.join(CAPTURE_POINTS)} "
+            "or a kernel symbol to stop at")
+
+
+def _table_name(text: str) -> str | None:
+    return None if text in TABLES else (f"{_quote(text)} is not a patch-site table (one of "
+                                        f"{', '.join(TABLES)}){_suggest(text, TABLES)}")
+
+
+def _state_name(text: str) -> str | None:
+    return None if text in STATES else (f"{_quote(text)} is not a site state (one of "
+                                        f"{', '.join(STATES)}){_suggest(text, STATES)}")
+
+
+def _at_most(ctx: _Ctx, node: yaml.Node, key: str) -> int | None:
+    if _is_null(node):
+        return None
+    value = _whole(node)
+    if value is None:
+        raise ctx.fail(node, f"{key} must be a whole number >= 0 (the most allowed), not {_describe(node)}")
+    return value
+
+
+def _count_range(ctx: _Ctx, node: yaml.Node, key: str) -> tuple[int, int]:
+    """A count: N, or [min, max]."""
+    value = _whole(node)
+    if value is not None:
+        return value, value
+    if isinstance(node, yaml.SequenceNode) and len(node.value) == 2:
+        low, high = (_whole(n) for n in node.value)
+        if low is not None and high is not None and low <= high:
+            return low, high
+    raise ctx.fail(node, f"{key} must be a number of sites or [min, max] with min <= max, not {_describe(node)}")
+
+
+_SITE_CHECKS = ("insns", "insns_regex", "state", "count")
+_SITE_RULE: _Section  # defined below, after _Section
+
+
+def _site_assertions(ctx: _Ctx, node: yaml.Node, key: str) -> tuple[SiteAssertion, ...]:
+    if _is_null(node):
+        return ()
+    if not isinstance(node, yaml.SequenceNode) or node.tag != _SEQ:
+        raise ctx.fail(node, f"{key} must be a list of site assertions, e.g. "
+                             "[{table: paravirt, state: patched}], not " + _describe(node))
+    out: list[SiteAssertion] = []
+    for index, item in enumerate(node.value):
+        item_key = f"{key}[{index}]"
+        ctx.note(item_key, item)
+        if not isinstance(item, yaml.MappingNode) or item.tag != _MAP:
+            raise ctx.fail(item, f"{item_key} must be a mapping such as {{op: irq.save_fl, insns: "
+                                 f"'pushf; pop %rax'}}, not {_describe(item)}")
+        values = _read(ctx, item, _SITE_RULE, item_key + ".")
+        checks = [c for c in _SITE_CHECKS if c in values]
+        if len(checks) != 1:
+            raise ctx.fail(item, f"{item_key} needs exactly one of {', '.join(_SITE_CHECKS)}"
+                                 + (f" (it has {', '.join(checks)})" if checks else ""))
+        out.append(SiteAssertion(
+            table=cast(str | None, values.get("table")), op=cast(str | None, values.get("op")),
+            feature=cast(str | None, values.get("feature")),
+            symbol=cast(re.Pattern[str] | None, values.get("symbol")), at=cast(str | None, values.get("at")),
+            insns=cast(str | None, values.get("insns")),
+            insns_regex=cast(re.Pattern[str] | None, values.get("insns_regex")),
+            state=cast(tuple[str, ...] | None, values.get("state")),
+            count=cast(tuple[int, int] | None, values.get("count")), line=_line(item)))
+    return tuple(out)
+
+
 def _modes(ctx: _Ctx, node: yaml.Node, key: str) -> tuple[str, ...]:
     valid = ", ".join(MODES)
     items: list[tuple[str, yaml.Node, str]]
@@ -488,6 +619,19 @@ class _Section:
     keys: Mapping[str, Parser | _Section]
 
 
+_SITE_RULE = _Section({
+    "table": _choice(TABLES),
+    "op": _text("a pv_ops member such as 'irq.save_fl'", pattern=r"[a-z_]+\.[a-z0-9_]+"),
+    "feature": _text("a CPU feature such as 'X86_FEATURE_XENPV' or '!X86_FEATURE_XENPV'",
+                     pattern=r"!?X86_FEATURE_\S+"),
+    "symbol": _optional_regex,
+    "at": _text("a capture point", pattern=r"\S+"),
+    "insns": _text("instructions such as 'pushf; pop %rax'"),
+    "insns_regex": _optional_regex,
+    "state": _names("a site state or a list of them", _state_name),
+    "count": _count_range,
+})
+
 _NAME_PATTERN = rf"(?![.]+$)[A-Za-z0-9._-]{{1,{MAX_NAME_LENGTH}}}"
 _NAME_WHAT = f"1-{MAX_NAME_LENGTH} letters, digits, '.', '_' or '-' (not only dots)"
 
@@ -510,7 +654,15 @@ _SCHEMA = _Section({
                             split=False),
     "timeout": _seconds,
     "silence": _seconds,
+    "inspect": _Section({
+        "capture": _names("a capture point or a list of them", _capture_name),
+        "tables": _names("a table name or a list of them", _table_name),
+    }),
     "expect": _Section({
+        "sites": _site_assertions,
+        "oversized": _at_most,
+        "unknown_changes": _at_most,
+        "pv_indirect": _at_most,
         "outcome": _choice(OUTCOMES),
         "crash": _optional_regex,
         "allow_crashes": _regexes,
@@ -623,6 +775,26 @@ def _build(ctx: _Ctx, values: Mapping[str, object], name: str, path: Path | None
     if silence > timeout:
         raise ctx.fail(lines.get("silence"),
                        f"silence ({silence:g}s) must not be longer than timeout ({timeout:g}s)")
+    inspect_values = cast(Mapping[str, object] | None, values.get("inspect"))
+    inspect = None
+    if inspect_values is not None:
+        inspect = Inspect(captures=_get(inspect_values, "capture", Inspect.captures),
+                          tables=_get(inspect_values, "tables", Inspect.tables))
+    sites = _get(expect, "sites", cast(tuple[SiteAssertion, ...], ()))
+    for key in ("sites", "oversized", "unknown_changes", "pv_indirect"):
+        if expect.get(key) not in (None, ()) and inspect is None:
+            raise ctx.fail(lines.get(f"expect.{key}"),
+                           f"expect.{key} needs an inspect: section saying what to capture, "
+                           "e.g. inspect: {capture: after-patching}")
+    for index, assertion in enumerate(sites):
+        assert inspect is not None
+        if assertion.at is not None and assertion.at not in inspect.captures:
+            raise ctx.fail(lines.get(f"expect.sites[{index}].at"),
+                           f"expect.sites[{index}].at: {assertion.at!r} is not captured; "
+                           f"inspect.capture has {', '.join(inspect.captures)}")
+        if assertion.table is not None and assertion.table not in inspect.tables:
+            raise ctx.fail(lines.get(f"expect.sites[{index}].table"),
+                           f"expect.sites[{index}].table: {assertion.table!r} is not in inspect.tables")
 
     return Config(
         name=_get(values, "name", name),
@@ -651,7 +823,12 @@ def _build(ctx: _Ctx, values: Mapping[str, object], name: str, path: Path | None
                 contains=_get(console, "contains", ()),
                 excludes=_get(console, "excludes", ()),
             ),
+            sites=sites,
+            oversized=cast(int | None, expect.get("oversized")),
+            unknown_changes=cast(int | None, expect.get("unknown_changes")),
+            pv_indirect=cast(int | None, expect.get("pv_indirect")),
         ),
+        inspect=inspect,
         lines=dict(lines),
     )
 
@@ -746,7 +923,21 @@ def _expect_dict(expect: Expect) -> dict[str, object]:
         "crash": expect.crash.pattern if expect.crash is not None else None,
         "allow_crashes": [p.pattern for p in expect.allow_crashes],
         "console": _console_dict(expect.console),
+        # Site checks appear only when used: they need an inspect: section.
+        **({"sites": [_site_dict(a) for a in expect.sites]} if expect.sites else {}),
+        **{k: v for k, v in (("oversized", expect.oversized), ("unknown_changes", expect.unknown_changes),
+                             ("pv_indirect", expect.pv_indirect)) if v is not None},
     }
+
+
+def _site_dict(a: SiteAssertion) -> dict[str, object]:
+    data: dict[str, object] = {
+        "table": a.table, "op": a.op, "feature": a.feature,
+        "symbol": a.symbol.pattern if a.symbol else None, "at": a.at, "insns": a.insns,
+        "insns_regex": a.insns_regex.pattern if a.insns_regex else None,
+        "state": list(a.state) if a.state else None, "count": list(a.count) if a.count else None,
+    }
+    return {k: v for k, v in data.items() if v is not None}
 
 
 def to_yaml_dict(config: Config) -> dict[str, object]:
@@ -765,6 +956,8 @@ def to_yaml_dict(config: Config) -> dict[str, object]:
         "timeout": config.timeout,
         "silence": config.silence,
         "expect": _expect_dict(config.expect),
+        **({"inspect": {"capture": list(config.inspect.captures), "tables": list(config.inspect.tables)}}
+           if config.inspect else {}),
     }
 
 

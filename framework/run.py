@@ -22,6 +22,7 @@ from .config import Config, to_yaml_dict
 from .console import ConsoleThread, Ending, TimedLine, format_line, read_console_file
 from .errors import LaunchError, PatchscopeError, UnsupportedError
 from .image import Kernel, prepare_kernel
+from .inspection import Inspection
 from .observe import Observation, observe
 from .qemu import Qemu, private_socket_dir, probe_kvm
 from .refs import parse_ref
@@ -107,13 +108,21 @@ def execute(req: RunRequest, note: Note) -> RunResult:
         hypervisor = prepare_xen(cfg, note) if req.mode == "xen-pv" else None
         if hypervisor is not None:
             data["hypervisor"] = hypervisor.identity()
-        lines, ending = _boot(req, kernel, hypervisor, note, data)
+        inspection = (Inspection(kernel, cfg.inspect, out, note, timeout=cfg.timeout)
+                      if cfg.inspect is not None and not req.interactive else None)
+        lines, ending = _boot(req, kernel, hypervisor, note, data, inspection)
         if hypervisor is not None:
             data["hypervisor"]["banner"] = xen.banner([text for _, text in lines])
         obs = observe(lines, ending)
-        verdict = judge(obs, cfg.expect)
+        verdict = judge(obs, cfg.expect, inspection.comparisons if inspection else None)
+        reasons = list(verdict.reasons)
+        if inspection is not None:
+            data["sites"] = inspection.result()
+            if inspection.error:
+                reasons.insert(0, f"inspection: {inspection.error}")
         data.update(obs.to_json())
-        data.update(verdict="pass" if verdict.passed else verdict.verdict, reasons=list(verdict.reasons))
+        data.update(verdict="pass" if not reasons and verdict.passed else
+                    ("error" if verdict.verdict == "error" else "fail"), reasons=reasons)
     except PatchscopeError as err:
         data.update(verdict="error", error=str(err), reasons=[str(err)])
         if isinstance(err, LaunchError) and err.output:
@@ -172,6 +181,8 @@ def _boot(req: RunRequest, kernel: Kernel, hypervisor: xen.Hypervisor | None, no
                                         exitcode=lambda: vm.exitcode,
                                         on_line=_stage_printer(note, cfg.name, req.mode))
                 vm.drain_on_wait = False
+                if inspect is not None:
+                    console.hold()   # QEMU waits for GDB (-S): no silence before the guest runs
                 console.start()
                 try:
                     if inspect is not None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from .config import Expect
+from .config import Expect, SiteAssertion
 from .crashes import clean_line
 from .observe import Observation
+from .sites import Comparison, SiteState, insns_text, normalize_insns
 
 VerdictName = Literal["pass", "fail", "error"]
 MAX_REASONS = 30
@@ -24,7 +26,8 @@ class Verdict:
         return self.verdict == "pass"
 
 
-def judge(obs: Observation, expect: Expect) -> Verdict:
+def judge(obs: Observation, expect: Expect, comparisons: Mapping[str, Comparison] | None = None) -> Verdict:
+    """The verdict; ``comparisons`` (capture name -> Comparison, in capture order) when GDB inspected text."""
     reasons: list[str] = []
     if obs.outcome == "unknown":
         return Verdict("error", (obs.summary,))
@@ -51,6 +54,8 @@ def judge(obs: Observation, expect: Expect) -> Verdict:
         if hit is not None:
             reasons.append(f"console line {hit + 1} matches excluded /{pattern.pattern}/: "
                            f"{cleaned[hit][:160]}")
+    if comparisons is not None:
+        reasons.extend(judge_sites(comparisons, expect))
     if len(reasons) > MAX_REASONS:
         reasons = reasons[:MAX_REASONS] + [f"… and {len(reasons) - MAX_REASONS} more"]
     return Verdict("fail" if reasons else "pass", tuple(reasons))
@@ -58,3 +63,105 @@ def judge(obs: Observation, expect: Expect) -> Verdict:
 
 def _first(pattern: re.Pattern[str], lines: list[str]) -> int | None:
     return next((i for i, ln in enumerate(lines) if pattern.search(ln)), None)
+
+
+# --- patch sites ------------------------------------------------------------------
+
+MAX_SITES_NAMED = 20
+
+
+def _selected(a: SiteAssertion, comparison: Comparison) -> list[SiteState]:
+    out: list[SiteState] = []
+    for table, states in comparison.sites.items():
+        if a.table is not None and table != a.table:
+            continue
+        for st in states:
+            if a.op is not None and st.site.op != a.op:
+                continue
+            if a.feature is not None and st.site.feature != a.feature:
+                continue
+            if a.symbol is not None and not a.symbol.search(st.symbol):
+                continue
+            out.append(st)
+    return out
+
+
+def _name(st: SiteState) -> str:
+    what = st.site.op or st.site.feature or st.site.table
+    return f"{what} at {st.symbol} ({st.site.address:#x})"
+
+
+def _listing(bad: list[tuple[SiteState, str]], total: int, what: str) -> str:
+    shown = "; ".join(f"{_name(st)}: {found}" for st, found in bad[:MAX_SITES_NAMED])
+    more = f"; … {len(bad) - MAX_SITES_NAMED} more" if len(bad) > MAX_SITES_NAMED else ""
+    return f"{len(bad)} of {total} sites {what}: {shown}{more}"
+
+
+def judge_sites(comparisons: Mapping[str, Comparison], expect: Expect) -> list[str]:
+    """Reasons the site assertions and whole-text limits fail; [] when they hold.
+
+    An assertion without ``at`` applies to the last capture; the whole-text
+    limits (oversized, unknown_changes, pv_indirect) apply to the last capture.
+    """
+    if not comparisons:
+        if expect.sites or any(v is not None for v in (expect.oversized, expect.unknown_changes,
+                                                         expect.pv_indirect)):
+            return ["no text was captured, so no site assertion could be checked"]
+        return []
+    last = list(comparisons)[-1]
+    reasons: list[str] = []
+    for a in expect.sites:
+        where = f"expect.sites (line {a.line}) {a.describe()}" if a.line else f"expect.sites {a.describe()}"
+        comparison = comparisons.get(a.at or last)
+        if comparison is None:
+            reasons.append(f"{where}: no capture {a.at or last!r} was taken")
+            continue
+        selected = _selected(a, comparison)
+        if a.count is not None:
+            low, high = a.count
+            if not low <= len(selected) <= high:
+                bounds = f"{low}" if low == high else f"{low}..{high}"
+                reasons.append(f"{where}: {len(selected)} sites, expected {bounds}")
+            continue
+        if not selected:
+            reasons.append(f"{where}: selects no site at {comparison.capture}")
+            continue
+        bad: list[tuple[SiteState, str]] = []
+        if a.state is not None:
+            bad = [(st, st.state) for st in selected if st.state not in a.state]
+            expected = f"not {' or '.join(a.state)}"
+        else:
+            readable = [st for st in selected if st.live is not None]
+            if not readable:
+                reasons.append(f"{where}: all {len(selected)} selected sites are {selected[0].state}; "
+                               "nothing to disassemble")
+                continue
+            if a.insns is not None:
+                want = normalize_insns(a.insns)
+                bad = [(st, f"'{insns_text(st.insns)}'") for st in readable if insns_text(st.insns) != want]
+                expected = f"not '{want}'"
+            else:
+                assert a.insns_regex is not None
+                bad = [(st, f"'{insns_text(st.insns)}'") for st in readable
+                       if not a.insns_regex.search(insns_text(st.insns))]
+                expected = f"not matching /{a.insns_regex.pattern}/"
+        if bad:
+            reasons.append(f"{where} at {comparison.capture}: " + _listing(bad, len(selected), expected))
+    final = comparisons[last]
+    for limit, found, what in (
+        (expect.oversized, [(o.state, f"{o.extra} bytes past the end changed") for o in final.oversized],
+         "over-sized patches"),
+        (expect.pv_indirect, [(st, "still call *pv_ops") for st in final.pv_indirect], "pv sites not patched"),
+    ):
+        if limit is not None and len(found) > limit:
+            reasons.append(f"{len(found)} {what} at {final.capture} (at most {limit} allowed): "
+                           + "; ".join(f"{_name(st)}: {why}" for st, why in found[:MAX_SITES_NAMED])
+                           + (f"; … {len(found) - MAX_SITES_NAMED} more" if len(found) > MAX_SITES_NAMED else ""))
+    if expect.unknown_changes is not None and len(final.unknown_changes) > expect.unknown_changes:
+        changes = final.unknown_changes
+        reasons.append(f"{len(changes)} text changes outside every known site at {final.capture} "
+                       f"(at most {expect.unknown_changes} allowed): "
+                       + "; ".join(f"{c.symbol} ({c.start:#x}, {c.end - c.start} bytes)"
+                                   for c in changes[:MAX_SITES_NAMED])
+                       + (f"; … {len(changes) - MAX_SITES_NAMED} more" if len(changes) > MAX_SITES_NAMED else ""))
+    return reasons

@@ -1,0 +1,133 @@
+"""A run's GDB inspection: tables from the vmlinux, captures through GDB, comparisons, reports.
+
+``Inspection`` is built before QEMU starts (reading the tables costs about a
+second and fails early on a layout that does not fit); its ``__call__`` is
+the run pipeline's inspection step. Artefacts it writes::
+
+    gdb.mi.log                      the full GDB/MI transcript
+    sites-<capture>.jsonl.gz        one site a line: table, address, symbol, length, original,
+                                    state, live, live_insns, op / feature
+    sites.json                      per capture: counts per table and state, unknown changes,
+                                    over-sized patches, pv sites still indirect; notes
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from .capture import CaptureError, Plan, capture, text_regions
+from .config import Inspect
+from .console import ConsoleThread
+from .errors import ImageError
+from .gdb import Gdb
+from .image import Kernel
+from .machine import Machine
+from .qemu import Qemu
+from .sites import Capture, Comparison, compare
+from .vmlinux import Site, Symbols, Vmlinux
+
+Note = Callable[[str], None]
+# arch/x86/include/asm/static_call.h (6.1): a trampoline is "jmp rel32" or "ret; int3…",
+# 5 bytes, then a ud1 signature that is never rewritten.
+STATIC_CALL_TRAMP_SIZE = 5
+
+
+def load_tables(kernel: Kernel, tables: Sequence[str],
+                note: Note) -> tuple[Vmlinux, Symbols, dict[str, list[Site]]]:
+    """The vmlinux, its symbols, and every table's sites (all tables: any of them explains a change)."""
+    if kernel.vmlinux is None:
+        raise ImageError(f"{kernel.ref}: no vmlinux could be taken from the image; "
+                         "give one with path:<bzImage>,vmlinux=<file>")
+    t0 = time.monotonic()
+    symbols = Symbols.from_elf(kernel.symbols) if kernel.symbols else None
+    vmlinux = Vmlinux(kernel.vmlinux, symbols, kernel.release)
+    sites = vmlinux.all_sites()
+    note(f"read {sum(len(s) for s in sites.values())} patch sites from {len(sites)} tables "
+         f"in {time.monotonic() - t0:.1f} s")
+    return vmlinux, symbols or Symbols.from_elf(kernel.vmlinux), sites
+
+
+def comparisons_for(vmlinux: Vmlinux, symbols: Symbols, sites: Mapping[str, list[Site]],
+                    captures: Mapping[str, Capture], report_tables: Sequence[str]) -> dict[str, Comparison]:
+    pv_ops = vmlinux.pv_ops_address()
+    pv_targets = ({s.address: pv_ops + 8 * s.slot for s in sites.get("paravirt", []) if s.slot is not None}
+                  if pv_ops is not None else {})
+    # Static-call trampolines (__SCT__<name>: a 5-byte jmp, or ret when the
+    # call is off) are rewritten by static_call_update(): known, not table sites.
+    trampolines = [(address, address + STATIC_CALL_TRAMP_SIZE) for _, address in symbols.with_prefix("__SCT__")]
+    out: dict[str, Comparison] = {}
+    for name, cap in captures.items():
+        elf = {start: vmlinux.read(start, len(data)) for start, data in cap.regions.items()}
+        full = compare(sites, cap, elf, symbols, pv_targets, extra_known=trampolines)
+        out[name] = Comparison(full.capture, {t: full.sites[t] for t in report_tables if t in full.sites},
+                               full.unknown_changes, full.oversized, full.pv_indirect,
+                               tuple(vmlinux.notes))
+    return out
+
+
+class Inspection:
+    """The inspection step of one run."""
+
+    def __init__(self, kernel: Kernel, inspect: Inspect, outdir: Path, note: Note, *, timeout: float) -> None:
+        self.kernel = kernel
+        self.inspect = inspect
+        self.outdir = outdir
+        self.note = note
+        self.vmlinux, self.symbols, self.sites = load_tables(kernel, inspect.tables, note)
+        addresses = [s.address for table in self.sites.values() for s in table]
+        begin, end = self.symbols.address("__init_begin"), self.symbols.address("__init_end")
+        self.plan = Plan(inspect.captures, text_regions(self.vmlinux, addresses), False, timeout,
+                         (begin, end) if begin is not None and end is not None else None)
+        self.comparisons: dict[str, Comparison] = {}
+        self.error: str | None = None
+
+    def __call__(self, vm: Qemu, console: ConsoleThread, machine: Machine) -> None:
+        assert machine.gdb_socket is not None
+        symbols_elf = self.kernel.symbols or self.kernel.vmlinux
+        assert symbols_elf is not None
+        with Gdb(self.outdir / "gdb.mi.log") as gdb:
+            gdb.load_symbols(symbols_elf)
+            gdb.connect(machine.gdb_socket)
+            # Under KVM software breakpoints would write int3 into the text being compared.
+            plan = dataclasses.replace(self.plan, hardware=machine.accel == "kvm")
+            try:
+                captures = capture(gdb, console, plan, self.note)
+                gdb.detach()   # resumes the guest
+            except CaptureError as err:
+                # The guest crashed, ended or hung before a capture point; it is
+                # running (or gone): closing GDB below lets it go on.
+                self.error = str(err)
+                captures = {}
+            finally:
+                console.release()
+        self.comparisons = comparisons_for(self.vmlinux, self.symbols, self.sites, captures,
+                                           self.inspect.tables)
+        self.write()
+
+    def write(self) -> None:
+        summary: dict[str, object] = {}
+        for name, comparison in self.comparisons.items():
+            with gzip.open(self.outdir / f"sites-{name}.jsonl.gz", "wt", compresslevel=1) as fh:
+                for states in comparison.sites.values():
+                    for st in states:
+                        fh.write(json.dumps(st.to_json()) + "\n")
+            summary[name] = comparison.to_json(with_sites=False)
+        (self.outdir / "sites.json").write_text(json.dumps(
+            {"captures": summary, "error": self.error}, indent=1) + "\n")
+
+    def result(self) -> dict[str, object]:
+        """What result.json keeps: per capture, counts and the whole-text findings (capped)."""
+        out: dict[str, object] = {"error": self.error, "captures": list(self.comparisons)}
+        for name, comparison in self.comparisons.items():
+            data = comparison.to_json(with_sites=False)
+            for key in ("unknown_changes", "oversized", "pv_indirect"):
+                items = data[key]
+                assert isinstance(items, list)
+                data[key] = {"count": len(items), "first": items[:20]}
+            out[name] = data
+        return out
