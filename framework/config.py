@@ -502,6 +502,16 @@ def _count_range(ctx: _Ctx, node: yaml.Node, key: str) -> tuple[int, int]:
     raise ctx.fail(node, f"{key} must be a number of sites or [min, max] with min <= max, not {_describe(node)}")
 
 
+def _insns(ctx: _Ctx, node: yaml.Node, key: str) -> str:
+    """Instructions: "pushf; pop %rax", or a list of them; [] means only NOPs."""
+    if isinstance(node, yaml.SequenceNode):
+        return "; ".join(text for _, _, text in _items(ctx, node, key, "a list of instructions", split=False))
+    text = _scalar_text(ctx, node, key, "instructions such as 'pushf; pop %rax', or [] for only NOPs")
+    if not text.strip():
+        raise ctx.fail(node, f"{key}: write [] for a site that holds only NOPs")
+    return text
+
+
 _SITE_CHECKS = ("insns", "insns_regex", "state", "count")
 _SITE_RULE: _Section  # defined below, after _Section
 
@@ -621,12 +631,12 @@ class _Section:
 
 _SITE_RULE = _Section({
     "table": _choice(TABLES),
-    "op": _text("a pv_ops member such as 'irq.save_fl'", pattern=r"[a-z_]+\.[a-z0-9_]+"),
+    "op": _text("a pv_ops member such as 'irq.save_fl'", pattern=r"[a-z_]+(\.[a-z0-9_]+)+"),
     "feature": _text("a CPU feature such as 'X86_FEATURE_XENPV' or '!X86_FEATURE_XENPV'",
                      pattern=r"!?X86_FEATURE_\S+"),
     "symbol": _optional_regex,
     "at": _text("a capture point", pattern=r"\S+"),
-    "insns": _text("instructions such as 'pushf; pop %rax'"),
+    "insns": _insns,
     "insns_regex": _optional_regex,
     "state": _names("a site state or a list of them", _state_name),
     "count": _count_range,

@@ -15,7 +15,11 @@ did not meet its expectation is not an exception: it is a verdict.
      └── InfrastructureError        the machine cannot do what was asked
           ├── ToolMissingError      qemu-system-x86_64, gdb, apt-get … not installed
           ├── FetchError            apt-get download / package extraction failed
-          └── LaunchError           QEMU did not start, or died before the guest ran
+          ├── LaunchError           QEMU did not start, or died before the guest ran
+          │    └── QMPError         (qmp.py) QMP refused a command or the connection broke
+          ├── GdbError              (gdb.py) GDB failed, refused a command, or lost the target
+          │    └── GdbTimeout       a stop or an answer that did not come in time
+          └── CaptureError          (capture.py) the guest never reached a capture point
 
 Every error renders as one line (``str(err)``); details that help (the
 command, the last lines of output) are kept in attributes for reports.

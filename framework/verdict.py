@@ -138,8 +138,9 @@ def judge_sites(comparisons: Mapping[str, Comparison], expect: Expect) -> list[s
                 continue
             if a.insns is not None:
                 want = normalize_insns(a.insns)
-                bad = [(st, f"'{insns_text(st.insns)}'") for st in readable if insns_text(st.insns) != want]
-                expected = f"not '{want}'"
+                bad = [(st, f"'{insns_text(st.insns) or 'only NOPs'}'") for st in readable
+                       if insns_text(st.insns) != want]
+                expected = f"not '{want or 'only NOPs'}'"
             else:
                 assert a.insns_regex is not None
                 bad = [(st, f"'{insns_text(st.insns)}'") for st in readable
