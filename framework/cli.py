@@ -7,6 +7,7 @@ failure, 130 interrupted (which also aborts a ``git bisect run``).
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import signal
 import sys
@@ -19,7 +20,9 @@ from . import __version__
 from .config import Config, default_config, load_config, with_overrides
 from .errors import PatchscopeError
 from .fetch import note_stderr
-from .image import cached_kernels, prepare_kernel
+from .image import Kernel, cached_kernels, prepare_kernel
+from .inspection import load_tables
+from .vmlinux import TABLES
 from .refs import DEFAULT_KERNEL, DebianRef, list_recipes, parse_ref
 from .report import junit, summary_line
 from .run import RunRequest, artifacts_dir, check_mode, check_saved, execute, rejudge
@@ -64,6 +67,23 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--initramfs", default="default", help="default, none, or a cpio file")
     boot.add_argument("--accel", choices=("tcg", "kvm", "auto"), default="tcg")
     boot.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS, metavar="DIR")
+    boot.add_argument("--gdb", action="store_true",
+                      help="GDB on the terminal instead of the console: symbols loaded, guest stopped")
+    boot.add_argument("--stop-at", metavar="SYMBOL", help="with --gdb: continue to this function first")
+
+    sites = sub.add_parser("sites", help="patch sites: every table of the vmlinux, or compared live after a boot")
+    sites.add_argument("--kernel", default=DEFAULT_KERNEL, help="kernel reference (default: %(default)s)")
+    sites.add_argument("--table", action="append", choices=TABLES, metavar="TABLE",
+                       help=f"only these tables (repeatable): {', '.join(TABLES)}")
+    sites.add_argument("--json", action="store_true", help="one JSON object per site on stdout")
+    sites.add_argument("--live", action="store_true", help="boot, stop with GDB and compare each site")
+    sites.add_argument("--mode", default="native", choices=("native", "xen-pv"))
+    sites.add_argument("--hypervisor", default=None, help="Xen for xen-pv (default: xen-4.17)")
+    sites.add_argument("--at", default="after-patching", metavar="POINT",
+                       help="before-patching, after-patching (default), booted, or a kernel symbol")
+    sites.add_argument("--cmdline", action="append", default=[], metavar="ARGS")
+    sites.add_argument("--accel", choices=("tcg", "kvm", "auto"), default="tcg")
+    sites.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS, metavar="DIR")
 
     kernels = sub.add_parser("kernels", help="list or fetch kernels")
     ksub = kernels.add_subparsers(dest="kcommand", required=True, metavar="ACTION")
@@ -110,6 +130,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return cmd_check(args)
     if args.command == "boot":
         return cmd_boot(args)
+    if args.command == "sites":
+        return cmd_sites(args)
     return cmd_kernels(args)
 
 
@@ -198,12 +220,83 @@ def cmd_boot(args: argparse.Namespace) -> int:
                          initramfs=args.initramfs, timeout=24 * 3600.0, silence=24 * 3600.0, expect=expect,
                          hypervisor=args.hypervisor)
     check_mode(args.mode)
+    if args.stop_at and not args.gdb:
+        raise PatchscopeError("--stop-at needs --gdb")
     req = RunRequest(cfg, args.mode, artifacts_dir(args.artifacts, "boot", args.mode),
-                     accel=args.accel, interactive=True)
+                     accel=args.accel, interactive=True, gdb=args.gdb, stop_at=args.stop_at)
     result = execute(req, note_stderr)
     if result.verdict == "error" and result.data.get("error") not in (None, "interrupted"):
         raise PatchscopeError(str(result.data["error"]))
     print(f"patchscope: console log in {req.outdir / 'console.log'}", file=sys.stderr)
+    return EXIT_PASS
+
+
+def cmd_sites(args: argparse.Namespace) -> int:
+    tables = tuple(args.table) if args.table else TABLES
+    kernel = prepare_kernel(parse_ref(args.kernel), note_stderr)
+    if not args.live:
+        return _static_sites(kernel, tables, args.json)
+    cfg = default_config("sites", kernel=args.kernel, modes=(args.mode,), cmdline=tuple(args.cmdline),
+                         hypervisor=args.hypervisor, timeout=300.0,
+                         inspect={"capture": [args.at], "tables": list(tables)})
+    req = RunRequest(cfg, args.mode, artifacts_dir(args.artifacts, "sites", args.mode), accel=args.accel)
+    result = execute(req, _quiet if args.json else note_stderr).data
+    report = req.outdir / f"sites-{args.at}.jsonl.gz"
+    if result.get("verdict") == "error" and not report.exists():
+        raise PatchscopeError(str(result.get("error")))
+    if args.json:
+        if report.exists():
+            with gzip.open(report, "rt") as fh:
+                for line in fh:
+                    sys.stdout.write(line)
+    else:
+        print(f"{args.kernel} [{args.mode}] at {args.at}: {result.get('summary')}  ({req.outdir})")
+        captured = (result.get("sites") or {}).get(args.at)
+        if captured:
+            _print_counts(captured["counts"])
+            for key, label in (("pv_indirect", "pv sites still 'call *pv_ops'"),
+                               ("oversized", "over-sized patches"),
+                               ("unknown_changes", "text changes outside every known site")):
+                found = captured[key]
+                print(f"  {label}: {found['count']}")
+                for item in found["first"][:10]:
+                    print(f"    {item.get('symbol')} {item.get('address')}"
+                          + (f" {item.get('live_insns')}" if item.get("live_insns") else "")
+                          + (f" {item.get('before')} -> {item.get('after')}" if "before" in item else ""))
+        for reason in result.get("reasons") or []:
+            print(f"  - {reason}")
+    return EXIT_PASS if result.get("verdict") == "pass" else (EXIT_ERROR if result.get("verdict") == "error"
+                                                               else EXIT_FAIL)
+
+
+def _print_counts(counts: dict[str, dict[str, int]]) -> None:
+    print(f"  {'table':<14}{'sites':>8}{'patched':>9}{'unchanged':>11}{'freed':>7}")
+    for table, c in counts.items():
+        print(f"  {table:<14}{c['sites']:>8}{c['patched']:>9}{c['unchanged']:>11}{c['freed']:>7}")
+
+
+def _static_sites(kernel: Kernel, tables: tuple[str, ...], as_json: bool) -> int:
+    vmlinux, _, sites = load_tables(kernel, tables, _quiet if as_json else note_stderr)
+    if as_json:
+        for table in tables:
+            for site in sites.get(table, []):
+                sys.stdout.write(json.dumps(site.to_json()) + "\n")
+        return EXIT_PASS
+    print(f"{kernel.ref}: {kernel.package or kernel.bzimage} {kernel.version or ''} "
+          f"(symbols: {kernel.symbol_source})")
+    print(f"  {'table':<14}{'sites':>8}  sections")
+    for table in tables:
+        found = sites.get(table)
+        if found is None:
+            print(f"  {table:<14}{'-':>8}  (not read: see notes)")
+            continue
+        per_section: dict[str, int] = {}
+        for site in found:
+            per_section[site.section] = per_section.get(site.section, 0) + 1
+        where = ", ".join(f"{name} {n}" for name, n in sorted(per_section.items(), key=lambda x: -x[1]))
+        print(f"  {table:<14}{len(found):>8}  {where}")
+    for note in vmlinux.notes:
+        print(f"  note: {note}")
     return EXIT_PASS
 
 

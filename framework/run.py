@@ -22,6 +22,7 @@ from .config import Config, to_yaml_dict
 from .console import ConsoleThread, Ending, TimedLine, format_line, read_console_file
 from .errors import LaunchError, PatchscopeError, UnsupportedError
 from .image import Kernel, prepare_kernel
+from .debug import DebugSession
 from .inspection import Inspection
 from .observe import Observation, observe
 from .qemu import Qemu, private_socket_dir, probe_kvm
@@ -40,6 +41,8 @@ class RunRequest:
     outdir: Path
     accel: str = "tcg"            # tcg | kvm | auto
     interactive: bool = False
+    gdb: bool = False             # interactive GDB on the terminal (boot --gdb); console to the log only
+    stop_at: str | None = None    # with gdb: where GDB stops the guest first
 
 
 @dataclass
@@ -108,15 +111,19 @@ def execute(req: RunRequest, note: Note) -> RunResult:
         hypervisor = prepare_xen(cfg, note) if req.mode == "xen-pv" else None
         if hypervisor is not None:
             data["hypervisor"] = hypervisor.identity()
-        inspection = (Inspection(kernel, cfg.inspect, out, note, timeout=cfg.timeout)
-                      if cfg.inspect is not None and not req.interactive else None)
+        inspection: Inspect | None = None
+        if req.gdb:
+            inspection = DebugSession(kernel.symbols, req.stop_at, out / "console.log")
+        elif cfg.inspect is not None and not req.interactive:
+            inspection = Inspection(kernel, cfg.inspect, out, note, timeout=cfg.timeout)
         lines, ending = _boot(req, kernel, hypervisor, note, data, inspection)
         if hypervisor is not None:
             data["hypervisor"]["banner"] = xen.banner([text for _, text in lines])
         obs = observe(lines, ending)
-        verdict = judge(obs, cfg.expect, inspection.comparisons if inspection else None)
+        comparisons = inspection.comparisons if isinstance(inspection, Inspection) else None
+        verdict = judge(obs, cfg.expect, comparisons)
         reasons = list(verdict.reasons)
-        if inspection is not None:
+        if isinstance(inspection, Inspection):
             data["sites"] = inspection.result()
             if inspection.error:
                 reasons.insert(0, f"inspection: {inspection.error}")
@@ -173,13 +180,13 @@ def _boot(req: RunRequest, kernel: Kernel, hypervisor: xen.Hypervisor | None, no
         what = f"{kernel.ref} as PV dom0 of {hypervisor.ref}" if hypervisor else kernel.ref
         note(f"{cfg.name} [{req.mode}]: booting {what} ({accel}), artefacts in {out}")
         with open(out / "console.log", "w", encoding="utf-8") as log:
-            if req.interactive:
+            if req.interactive and not req.gdb:
                 lines, ending = _interactive(vm, log)
             else:
                 vm.connect_qmp()
                 console = ConsoleThread(vm.read, log, vm.started, timeout=cfg.timeout, silence=cfg.silence,
                                         exitcode=lambda: vm.exitcode,
-                                        on_line=_stage_printer(note, cfg.name, req.mode))
+                                        on_line=None if req.gdb else _stage_printer(note, cfg.name, req.mode))
                 vm.drain_on_wait = False
                 if inspect is not None:
                     console.hold()   # QEMU waits for GDB (-S): no silence before the guest runs

@@ -55,6 +55,7 @@ _PLAIN = {"pushfq": "pushf", "popfq": "popf", "retq": "ret", "callq": "call", "j
           "leaveq": "leave"}
 _SUFFIXED = re.compile(r"^(mov|pop|push|add|sub|and|or|xor|cmp|test|lea|inc|dec)[bwlq]$")
 _DIRECT = {"call", "jmp"}
+_RIP = re.compile(r"(-?0x[0-9a-f]+|-?[0-9]+)?(?=\(%rip\))")
 
 
 def _objdump_style(mnemonic: str, operands: str) -> str:
@@ -77,7 +78,9 @@ def _capstone() -> capstone.Cs:
     return _cs
 
 
-# Decoded byte strings, at address 0: (offset, size, text, relative target or None).
+# Decoded byte strings, at address 0: (offset, size, text, relative address or None).
+# With a relative address, the text is a template whose "{}" takes the named
+# absolute address: "call {}" (a direct branch) or "call *{}(%rip)".
 # Patch sites repeat the same bytes thousands of times (NOP5 at every ftrace
 # site, "ret; int3" at return sites), so decoding once per distinct string keeps
 # a whole-kernel comparison to about a second.
@@ -92,7 +95,7 @@ def _decode(code: bytes) -> _Decoded:
         return cached
     out: list[tuple[int, int, str, int | None]] = []
     if len(code) == 5 and code[0] in (0xE8, 0xE9):     # call/jmp rel32: most sites
-        out.append((0, 5, "call" if code[0] == 0xE8 else "jmp",
+        out.append((0, 5, "call {}" if code[0] == 0xE8 else "jmp {}",
                     (5 + int.from_bytes(code[1:], "little", signed=True)) & _MASK))
     else:
         offset = 0
@@ -100,8 +103,14 @@ def _decode(code: bytes) -> _Decoded:
             for insn in _capstone().disasm(code[offset:], offset):
                 text = _objdump_style(insn.mnemonic, insn.op_str)
                 name = text.split(" ", 1)[0]
+                rip = _RIP.search(text)
                 if name in _DIRECT and re.fullmatch(r"0x[0-9a-f]+|[0-9]+", insn.op_str):
-                    out.append((insn.address, insn.size, name, int(insn.op_str, 0)))
+                    out.append((insn.address, insn.size, name + " {}", int(insn.op_str, 0)))
+                elif rip is not None:
+                    disp = int(rip.group(1), 0) if rip.group(1) else 0
+                    template = text[:rip.start()].replace("{", "{{").replace("}", "}}") + "{}" \
+                        + text[rip.end():].replace("{", "{{").replace("}", "}}")
+                    out.append((insn.address, insn.size, template, (insn.address + insn.size + disp) & _MASK))
                 else:
                     out.append((insn.address, insn.size, text, None))
                 offset = insn.address + insn.size
@@ -122,8 +131,8 @@ def disassemble(code: bytes, address: int, symbols: Symbols | None = None) -> li
             out.append(Insn(address + offset, size, text, None))
         else:
             target = (address + relative) & _MASK
-            out.append(Insn(address + offset, size,
-                            f"{text} {symbols.format(target) if symbols else hex(target)}", target))
+            named = text.format(symbols.format(target) if symbols else hex(target))
+            out.append(Insn(address + offset, size, named, target))
     return out
 
 
