@@ -22,10 +22,10 @@ from .errors import PatchscopeError
 from .fetch import note_stderr
 from .image import Kernel, cached_kernels, prepare_kernel
 from .inspection import load_tables
-from .vmlinux import TABLES
 from .refs import DEFAULT_KERNEL, DebianRef, list_recipes, parse_ref
 from .report import junit, summary_line
 from .run import RunRequest, artifacts_dir, check_mode, check_saved, execute, rejudge
+from .vmlinux import TABLES
 
 EXIT_PASS, EXIT_FAIL, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_ARTIFACTS = Path("patchscope-out")

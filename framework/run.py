@@ -20,9 +20,9 @@ from typing import Any
 from . import __version__, initramfs, machine, xen
 from .config import Config, to_yaml_dict
 from .console import ConsoleThread, Ending, TimedLine, format_line, read_console_file
+from .debug import DebugSession
 from .errors import LaunchError, PatchscopeError, UnsupportedError
 from .image import Kernel, prepare_kernel
-from .debug import DebugSession
 from .inspection import Inspection
 from .observe import Observation, observe
 from .qemu import Qemu, private_socket_dir, probe_kvm
