@@ -438,6 +438,10 @@ def _regexes(ctx: _Ctx, node: yaml.Node, key: str) -> tuple[re.Pattern[str], ...
     return tuple(_compile(ctx, item, item_key, text) for item_key, item, text in items)
 
 
+def _regex(ctx: _Ctx, node: yaml.Node, key: str) -> re.Pattern[str]:
+    return _compile(ctx, node, key, _scalar_text(ctx, node, key, "a regex"))
+
+
 def _optional_regex(ctx: _Ctx, node: yaml.Node, key: str) -> re.Pattern[str] | None:
     if _is_null(node):
         return None
@@ -485,7 +489,7 @@ def _at_most(ctx: _Ctx, node: yaml.Node, key: str) -> int | None:
     if _is_null(node):
         return None
     value = _whole(node)
-    if value is None:
+    if value is None or value < 0:
         raise ctx.fail(node, f"{key} must be a whole number >= 0 (the most allowed), not {_describe(node)}")
     return value
 
@@ -493,11 +497,11 @@ def _at_most(ctx: _Ctx, node: yaml.Node, key: str) -> int | None:
 def _count_range(ctx: _Ctx, node: yaml.Node, key: str) -> tuple[int, int]:
     """A count: N, or [min, max]."""
     value = _whole(node)
-    if value is not None:
+    if value is not None and value >= 0:
         return value, value
     if isinstance(node, yaml.SequenceNode) and len(node.value) == 2:
         low, high = (_whole(n) for n in node.value)
-        if low is not None and high is not None and low <= high:
+        if low is not None and high is not None and 0 <= low <= high:
             return low, high
     raise ctx.fail(node, f"{key} must be a number of sites or [min, max] with min <= max, not {_describe(node)}")
 
@@ -530,7 +534,7 @@ def _site_assertions(ctx: _Ctx, node: yaml.Node, key: str) -> tuple[SiteAssertio
             raise ctx.fail(item, f"{item_key} must be a mapping such as {{op: irq.save_fl, insns: "
                                  f"'pushf; pop %rax'}}, not {_describe(item)}")
         values = _read(ctx, item, _SITE_RULE, item_key + ".")
-        checks = [c for c in _SITE_CHECKS if c in values]
+        checks = [c for c in _SITE_CHECKS if values.get(c) is not None]
         if len(checks) != 1:
             raise ctx.fail(item, f"{item_key} needs exactly one of {', '.join(_SITE_CHECKS)}"
                                  + (f" (it has {', '.join(checks)})" if checks else ""))
@@ -637,7 +641,7 @@ _SITE_RULE = _Section({
     "symbol": _optional_regex,
     "at": _text("a capture point", pattern=r"\S+"),
     "insns": _insns,
-    "insns_regex": _optional_regex,
+    "insns_regex": _regex,
     "state": _names("a site state or a list of them", _state_name),
     "count": _count_range,
 })
@@ -943,7 +947,8 @@ def _expect_dict(expect: Expect) -> dict[str, object]:
 def _site_dict(a: SiteAssertion) -> dict[str, object]:
     data: dict[str, object] = {
         "table": a.table, "op": a.op, "feature": a.feature,
-        "symbol": a.symbol.pattern if a.symbol else None, "at": a.at, "insns": a.insns,
+        "symbol": a.symbol.pattern if a.symbol else None, "at": a.at,
+        "insns": ([] if a.insns == "" else a.insns) if a.insns is not None else None,
         "insns_regex": a.insns_regex.pattern if a.insns_regex else None,
         "state": list(a.state) if a.state else None, "count": list(a.count) if a.count else None,
     }

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import bisect
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -54,16 +54,19 @@ _NOP = re.compile(r"^(nop[wlq]?\b|xchg %ax,%ax$|data16\b|cs nop)")
 _PLAIN = {"pushfq": "pushf", "popfq": "popf", "retq": "ret", "callq": "call", "jmpq": "jmp",
           "leaveq": "leave"}
 _SUFFIXED = re.compile(r"^(mov|pop|push|add|sub|and|or|xor|cmp|test|lea|inc|dec)[bwlq]$")
-_DIRECT = {"call", "jmp"}
+_MEMORY = re.compile(r"\([^)]*\)")
+_DECIMAL = re.compile(r"(^|[$,\s])(-)?(\d+)(?=$|[,(\s])")
 _RIP = re.compile(r"(-?0x[0-9a-f]+|-?[0-9]+)?(?=\(%rip\))")
 
 
 def _objdump_style(mnemonic: str, operands: str) -> str:
     mnemonic = _PLAIN.get(mnemonic, mnemonic)
-    # A register operand fixes the size, and objdump then prints no suffix.
-    if _SUFFIXED.match(mnemonic) and "%" in operands and "(" not in operands:
+    # A register operand (outside a memory reference) fixes the size, and objdump then prints no suffix.
+    if _SUFFIXED.match(mnemonic) and "%" in _MEMORY.sub("", operands):
         mnemonic = mnemonic[:-1]
     operands = operands.replace(", ", ",")
+    # objdump prints immediates and displacements in hex: $0x1, 0x8(%rax), -0x8(%rbp).
+    operands = _DECIMAL.sub(lambda m: f"{m.group(1)}{'-' if m.group(2) else ''}{int(m.group(3)):#x}", operands)
     return f"{mnemonic} {operands}".strip()
 
 
@@ -89,6 +92,11 @@ _decoded: dict[bytes, _Decoded] = {}
 _MASK = (1 << 64) - 1
 
 
+def _is_branch(mnemonic: str) -> bool:
+    """Direct branches whose operand is a target address: call, jmp, jcc, jrcxz, loop*."""
+    return mnemonic == "call" or mnemonic.startswith(("j", "loop"))
+
+
 def _decode(code: bytes) -> _Decoded:
     cached = _decoded.get(code)
     if cached is not None:
@@ -104,7 +112,7 @@ def _decode(code: bytes) -> _Decoded:
                 text = _objdump_style(insn.mnemonic, insn.op_str)
                 name = text.split(" ", 1)[0]
                 rip = _RIP.search(text)
-                if name in _DIRECT and re.fullmatch(r"0x[0-9a-f]+|[0-9]+", insn.op_str):
+                if _is_branch(name) and re.fullmatch(r"0x[0-9a-f]+|[0-9]+", insn.op_str):
                     out.append((insn.address, insn.size, name + " {}", int(insn.op_str, 0)))
                 elif rip is not None:
                     disp = int(rip.group(1), 0) if rip.group(1) else 0
@@ -308,12 +316,14 @@ def compare(tables: Mapping[str, Sequence[Site]], capture: Capture, elf_read: Ma
         elf = elf_read.get(start)
         if elf is None or len(elf) != len(live):
             continue
+        unknown: list[int] = []
         for lo, hi in changed_ranges(elf, live, start):
             changed_bytes.update(range(lo, hi))
-            unknown = [a for a in range(lo, hi) if not known.covers(a) and not capture.is_freed(a)]
-            for run_lo, run_hi in _runs(unknown, gap):
-                changes.append(TextChange(run_lo, run_hi, symbols.format(run_lo) if symbols else hex(run_lo),
-                                          elf[run_lo - start:run_hi - start], live[run_lo - start:run_hi - start]))
+            unknown.extend(a for a in range(lo, hi) if not known.covers(a) and not capture.is_freed(a))
+        # One write whose middle bytes kept their value is one change; a known site splits changes.
+        for run_lo, run_hi in _runs(unknown, gap, lambda a, b: not any(known.covers(x) for x in range(a, b))):
+            changes.append(TextChange(run_lo, run_hi, symbols.format(run_lo) if symbols else hex(run_lo),
+                                      elf[run_lo - start:run_hi - start], live[run_lo - start:run_hi - start]))
     oversized: list[Oversize] = []
     for table_states in states.values():
         for st in table_states:
@@ -340,10 +350,12 @@ def _is_pv_call(live: bytes, address: int, target: int) -> bool:
     return (address + 6 + disp) & 0xFFFFFFFFFFFFFFFF == target
 
 
-def _runs(addresses: Sequence[int], gap: int) -> list[tuple[int, int]]:
+def _runs(addresses: Sequence[int], gap: int,
+          joinable: Callable[[int, int], bool] | None = None) -> list[tuple[int, int]]:
+    """Sorted addresses as [start, end) runs; a hole shorter than ``gap`` is joined when ``joinable(hole)``."""
     out: list[tuple[int, int]] = []
     for a in addresses:
-        if out and a - out[-1][1] < gap:
+        if out and a - out[-1][1] < gap and (joinable is None or joinable(out[-1][1], a)):
             out[-1] = (out[-1][0], a + 1)
         else:
             out.append((a, a + 1))
