@@ -59,14 +59,17 @@ def comparisons_for(vmlinux: Vmlinux, symbols: Symbols, sites: Mapping[str, list
                   if pv_ops is not None else {})
     # Static-call trampolines (__SCT__<name>: a 5-byte jmp, or ret when the
     # call is off) are rewritten by static_call_update(): known, not table sites.
-    trampolines = [(address, address + STATIC_CALL_TRAMP_SIZE) for _, address in symbols.with_prefix("__SCT__")]
+    known = [(address, address + STATIC_CALL_TRAMP_SIZE) for _, address in symbols.with_prefix("__SCT__")]
+    # Only the reported tables are compared site by site; every other table's
+    # sites still count as known for the whole-text checks.
+    known += [(s.address, s.address + s.length) for table, found in sites.items()
+              if table not in report_tables for s in found]
+    reported = {table: sites[table] for table in report_tables if table in sites}
     out: dict[str, Comparison] = {}
     for name, cap in captures.items():
         elf = {start: vmlinux.read(start, len(data)) for start, data in cap.regions.items()}
-        full = compare(sites, cap, elf, symbols, pv_targets, extra_known=trampolines)
-        out[name] = Comparison(full.capture, {t: full.sites[t] for t in report_tables if t in full.sites},
-                               full.unknown_changes, full.oversized, full.pv_indirect,
-                               tuple(vmlinux.notes))
+        comparison = compare(reported, cap, elf, symbols, pv_targets, extra_known=known)
+        out[name] = dataclasses.replace(comparison, notes=tuple(vmlinux.notes))
     return out
 
 
