@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import io
+import json
 import os
 import re
 import shutil
@@ -25,6 +26,7 @@ import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from .errors import FetchError, ImageError, ToolMissingError
 from .refs import DebianRef
@@ -68,6 +70,27 @@ def building(final: Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_meta(path: Path, meta: dict[str, object]) -> None:
+    """A cache entry's metadata file; written last, so its presence marks a complete entry."""
+    path.write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ImageError(f"{path}: unreadable cache entry ({err}); delete {path.parent} and retry") from err
+    if not isinstance(meta, dict):
+        raise ImageError(f"{path}: unreadable cache entry; delete {path.parent} and retry")
+    return meta
+
+
+def deb_file_version(deb: Path) -> str | None:
+    """The version in a .deb's file name (<package>_<version>_<arch>.deb), epoch restored."""
+    parts = deb.stem.split("_")
+    return parts[1].replace("%3a", ":") if len(parts) >= 2 else None
 
 
 def safe_key(text: str) -> str:

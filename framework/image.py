@@ -20,7 +20,6 @@ import bz2
 import gzip
 import hashlib
 import importlib
-import json
 import lzma
 import shutil
 import struct
@@ -34,7 +33,17 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
 from .errors import ImageError, ToolMissingError
-from .fetch import apt_download, building, cache_dir, deb_extract, locked, safe_key
+from .fetch import (
+    apt_download,
+    building,
+    cache_dir,
+    deb_extract,
+    deb_file_version,
+    locked,
+    read_meta,
+    safe_key,
+    write_meta,
+)
 from .refs import DebianRef, KernelRef, PathRef
 
 Note = Callable[[str], None]
@@ -192,13 +201,8 @@ def _prepare_debian(ref: DebianRef, note: Note | None) -> Kernel:
                 got = deb_extract(deb, wanted, tmp)
                 if "bzImage" not in got:
                     raise ImageError(f"{deb.name}: holds no boot/vmlinuz-*; is {ref.package} a kernel image package?")
-                _prepare_files(tmp, ref.text, ref.package, _deb_file_version(deb), note)
+                _prepare_files(tmp, ref.text, ref.package, deb_file_version(deb), note)
         return _load(final, ref.text)
-
-
-def _deb_file_version(deb: Path) -> str:
-    parts = deb.stem.split("_")
-    return parts[1].replace("%3a", ":") if len(parts) >= 2 else ""
 
 
 def _prepare_path(ref: PathRef, note: Note | None) -> Kernel:
@@ -253,14 +257,11 @@ def _prepare_files(d: Path, ref: str, package: str | None, version: str | None, 
         "vmlinux": vmlinux.name if vmlinux else None, "symbols": symbols.name,
         "config": "config" if (d / "config").exists() else None,
     }
-    (d / "kernel.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_meta(d / "kernel.json", meta)
 
 
 def _load(d: Path, ref: str) -> Kernel:
-    try:
-        meta = json.loads((d / "kernel.json").read_text())
-    except (OSError, ValueError) as err:
-        raise ImageError(f"{d}/kernel.json: unreadable cache entry ({err}); delete {d} and retry") from err
+    meta = read_meta(d / "kernel.json")
 
     def opt(key: str) -> Path | None:
         return d / meta[key] if meta.get(key) else None

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import json
 import re
 import zlib
 from collections.abc import Callable
@@ -20,7 +19,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import ImageError
-from .fetch import apt_download, building, cache_dir, deb_extract, locked, safe_key
+from .fetch import (
+    apt_download,
+    building,
+    cache_dir,
+    deb_extract,
+    deb_file_version,
+    locked,
+    read_meta,
+    safe_key,
+    write_meta,
+)
 from .refs import DebianRef, KernelRef
 
 Note = Callable[[str], None]
@@ -70,8 +79,8 @@ def prepare_hypervisor(ref: KernelRef, note: Note | None = None) -> Hypervisor:
                     if "xen.gz" not in got:
                         raise ImageError(f"{deb.name}: holds no boot/xen-*-amd64.gz; "
                                          f"is {ref.package} a Xen hypervisor package?")
-                    version = deb.stem.split("_")[1].replace("%3a", ":") if "_" in deb.stem else None
-                    _write(tmp, unpack_xen(got["xen.gz"].read_bytes(), deb.name), ref.package, version)
+                    _write(tmp, unpack_xen(got["xen.gz"].read_bytes(), deb.name), ref.package,
+                           deb_file_version(deb))
                     got["xen.gz"].unlink()
         return _load(final, ref.text)
     if not ref.bzimage.is_file():
@@ -88,15 +97,12 @@ def prepare_hypervisor(ref: KernelRef, note: Note | None = None) -> Hypervisor:
 
 def _write(d: Path, image: bytes, package: str | None, version: str | None) -> None:
     (d / "xen").write_bytes(image)
-    meta = {"package": package, "version": version, "sha256": hashlib.sha256(image).hexdigest()}
-    (d / "xen.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_meta(d / "xen.json", {"package": package, "version": version,
+                                "sha256": hashlib.sha256(image).hexdigest()})
 
 
 def _load(d: Path, ref: str) -> Hypervisor:
-    try:
-        meta = json.loads((d / "xen.json").read_text())
-    except (OSError, ValueError) as err:
-        raise ImageError(f"{d}/xen.json: unreadable cache entry ({err}); delete {d} and retry") from err
+    meta = read_meta(d / "xen.json")
     return Hypervisor(ref=ref, image=d / "xen", package=meta.get("package"), version=meta.get("version"),
                       sha256=meta.get("sha256", ""))
 
