@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +72,7 @@ def building(final: Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_meta(path: Path, meta: dict[str, object]) -> None:
+def write_meta(path: Path, meta: Mapping[str, object]) -> None:
     """A cache entry's metadata file; written last, so its presence marks a complete entry."""
     path.write_text(json.dumps(meta, indent=2) + "\n")
 
