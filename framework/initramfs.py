@@ -116,9 +116,12 @@ def is_static_elf(path: Path) -> bool:
 BUSYBOX_PACKAGE = "busybox-static"
 
 
-def find_busybox(note: Callable[[str], None] | None = None) -> Path:
+HOST_BUSYBOX = (Path("/bin/busybox"), Path("/usr/bin/busybox"))
+
+
+def find_busybox(note: Callable[[str], None] | None = None, host: Sequence[Path] = HOST_BUSYBOX) -> Path:
     """A static busybox: the host's /bin/busybox when static, else Debian's busybox-static, fetched and cached."""
-    for candidate in (Path("/bin/busybox"), Path("/usr/bin/busybox")):
+    for candidate in host:
         if candidate.exists() and is_static_elf(candidate):
             return candidate
     deb = apt_download(DebianRef(BUSYBOX_PACKAGE, None, f"debian:{BUSYBOX_PACKAGE}"), note)
