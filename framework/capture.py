@@ -15,6 +15,14 @@ At each point the text sections holding patch sites are read in bulk (``dump
 binary memory``) while the console thread holds the silence clock. Breakpoints
 are software ones under TCG (QEMU does not write int3 into guest memory) and
 hardware ones under KVM.
+
+Every breakpoint is temporary. In QEMU 7.2 (accel/tcg/cpu-exec.c,
+check_for_breakpoints_slow) code on the same 4 KiB virtual page as any
+breakpoint runs one instruction per translation block, unchained, for as long
+as the breakpoint exists; a kept breakpoint at xen_start_kernel, whose page
+holds the p2m scan loop of xen_vmalloc_p2m_tree, made a Xen PV boot 3.4x
+slower, one deleted at its hit costs nothing (bench/xen_breakpoints.py).
+Hardware breakpoints take the same path under TCG.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ directory is removed. No QEMU outlives a run, whatever ended it.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -23,6 +24,17 @@ import pexpect
 from .errors import LaunchError, ToolMissingError
 from .machine import KVM_PROBE_BANNER, QEMU, kvm_probe_argv
 from .qmp import QMP, QMPError
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: the kernel sends SIGKILL if patchscope dies, however it dies."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def require_qemu() -> str:
@@ -59,7 +71,8 @@ class Qemu:
             # pexpect forks onto a pty and calls setsid(): QEMU leads its own
             # process group, which teardown signals as a whole.
             self.child = pexpect.spawn(self.argv[0], self.argv[1:], echo=False, timeout=None,
-                                       dimensions=(50, 200), env=dict(os.environ, LC_ALL="C"))
+                                       dimensions=(50, 200), env=dict(os.environ, LC_ALL="C"),
+                                       preexec_fn=_die_with_parent)
         except (pexpect.ExceptionPexpect, OSError) as err:
             raise LaunchError(f"cannot start {self.argv[0]}: {err}", self.argv) from err
 

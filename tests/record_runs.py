@@ -1,6 +1,6 @@
 """Record real runs as fixtures: ``python -m tests.record_runs [--mode native] [CONFIG ...]``.
 
-Boots each config in tests/data/runs/configs/ (and the shipped configs/),
+Boots each config in tests/data/runs/setups/ (and the shipped configs/),
 and keeps its console.log and result.json under tests/data/runs/<name>-<mode>/.
 tests/unit/test_recorded_runs.py re-judges them without booting. Re-run this
 to regenerate them after a deliberate change in what a run records.
@@ -46,7 +46,7 @@ def main() -> None:
     ap.add_argument("configs", nargs="*", type=Path)
     ap.add_argument("--mode", default="native")
     args = ap.parse_args()
-    configs = args.configs or sorted((RUNS / "configs").glob("*.yaml")) + sorted((REPO / "configs").glob("*.yaml"))
+    configs = args.configs or sorted((RUNS / "setups").glob("*.yaml")) + sorted((REPO / "configs").glob("*.yaml"))
     for config in configs:
         dest = record(config, args.mode)
         data = json.loads((dest / "result.json").read_text())

@@ -77,3 +77,11 @@ def test_xen_pv_without_initramfs_and_bad_module_paths() -> None:
         machine.qemu_argv(_xen(initrd=Path("/k/a,b.cpio")))
     with pytest.raises(ValueError, match="needs a hypervisor"):
         machine.qemu_argv(_xen(hypervisor=None))
+
+
+def test_boot_gdb_stops_with_a_one_shot_breakpoint() -> None:
+    from framework.debug import gdb_argv
+    argv = gdb_argv(Path("/k/vmlinux.syms"), Path("/s/gdb.sock"), "xen_start_kernel", hardware=False)
+    assert argv[argv.index("target remote /s/gdb.sock") - 1] == "-ex"
+    assert "tbreak xen_start_kernel" in argv and "break xen_start_kernel" not in argv
+    assert "thbreak xen_start_kernel" in gdb_argv(None, Path("/s/gdb.sock"), "xen_start_kernel", hardware=True)
