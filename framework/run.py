@@ -19,7 +19,7 @@ from typing import Any
 
 from . import __version__, initramfs, machine, xen
 from .config import Config, to_yaml_dict
-from .console import ConsoleThread, Ending, TimedLine, format_line, read_console_file
+from .console import ConsoleThread, Ending, LineSplitter, TimedLine, format_line, read_console_file
 from .debug import DebugSession
 from .errors import LaunchError, PatchscopeError, UnsupportedError
 from .image import Kernel, prepare_kernel
@@ -28,6 +28,7 @@ from .observe import Observation, observe
 from .qemu import Qemu, private_socket_dir, probe_kvm
 from .refs import parse_ref
 from .report import RESULT, read_result, write_json
+from .stages import match_stage
 from .verdict import Verdict, judge
 
 Note = Callable[[str], None]
@@ -225,7 +226,6 @@ def _initramfs(cfg: Config, out: Path, interactive: bool, note: Note) -> Path | 
 
 
 def _stage_printer(note: Note, name: str, mode: str) -> Callable[[float, str], None]:
-    from .stages import match_stage
     seen: set[str] = set()
 
     def on_line(t: float, text: str) -> None:
@@ -240,7 +240,6 @@ def _interactive(vm: Qemu, log: Any) -> tuple[list[TimedLine], Ending]:
     """Attach the terminal to the console until Ctrl-] or QEMU exits."""
     assert vm.child is not None
     lines: list[TimedLine] = []
-    from .console import LineSplitter
     splitter = LineSplitter()
 
     def tee(data: bytes) -> bytes:
