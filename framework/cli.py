@@ -112,6 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PatchscopeError as err:
         print(f"patchscope: error: {err}", file=sys.stderr)
         return EXIT_ERROR
+    except OSError as err:   # the machine refused: a read-only artefacts directory, a full disk …
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"patchscope: error: {where}{err.strerror or err}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print("patchscope: interrupted; QEMU stopped, artefacts kept", file=sys.stderr)
         return EXIT_INTERRUPTED

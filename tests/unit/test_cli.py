@@ -109,3 +109,12 @@ def test_check_a_saved_xen_console_log() -> None:
     assert out["mode"] == "xen-pv" and out["outcome"] == "panics"
     assert out["title"] == "xen: d0 unhandled page fault"
     assert [s["name"] for s in out["stages"]][:3] == ["xen", "xen-dom0-build", "xen-dom0-start"]
+
+
+def test_unwritable_artifacts_directory_is_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    cfg = write_config(tmp_path, "w", "expect: {outcome: boots}\n")
+    res = patchscope("run", str(cfg), "--artifacts", str(blocker / "out"))
+    assert res.returncode == 2
+    assert "Not a directory" in _one_line_error(res.stderr)
