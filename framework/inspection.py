@@ -14,6 +14,7 @@ the run pipeline's inspection step. Artefacts it writes::
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import gzip
 import json
 import time
@@ -21,9 +22,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from .capture import CaptureError, Plan, capture, text_regions
-from .config import Inspect
+from .config import CAPTURE_POINTS, Inspect
 from .console import ConsoleThread
-from .errors import ImageError
+from .errors import ConfigError, ImageError
 from .gdb import Gdb
 from .image import Kernel
 from .machine import Machine
@@ -76,12 +77,21 @@ def comparisons_for(vmlinux: Vmlinux, symbols: Symbols, sites: Mapping[str, list
 class Inspection:
     """The inspection step of one run."""
 
-    def __init__(self, kernel: Kernel, inspect: Inspect, outdir: Path, note: Note, *, timeout: float) -> None:
+    def __init__(self, kernel: Kernel, inspect: Inspect, outdir: Path, note: Note, *, timeout: float,
+                 where: tuple[Path | None, int | None] = (None, None)) -> None:
         self.kernel = kernel
         self.inspect = inspect
         self.outdir = outdir
         self.note = note
         self.vmlinux, self.symbols, self.sites = load_tables(kernel, inspect.tables, note)
+        for name in inspect.captures:
+            if name not in CAPTURE_POINTS and self.symbols.address(name) is None:
+                # Names sharing the first letters: cheap to search, and where typos are.
+                candidates = [n for n, _ in self.symbols.with_prefix(name[:3])]
+                close = difflib.get_close_matches(name, candidates, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ConfigError(where[0], where[1], f"inspect.capture: {kernel.ref} has no symbol {name!r}"
+                                  f"{hint}; capture at before-patching, after-patching, booted or a function")
         addresses = [s.address for table in self.sites.values() for s in table]
         begin, end = self.symbols.address("__init_begin"), self.symbols.address("__init_end")
         self.plan = Plan(inspect.captures, text_regions(self.vmlinux, addresses), False, timeout,

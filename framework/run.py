@@ -116,7 +116,8 @@ def execute(req: RunRequest, note: Note) -> RunResult:
         if req.gdb:
             inspection = DebugSession(kernel.symbols, req.stop_at, out / "console.log")
         elif cfg.inspect is not None and not req.interactive:
-            inspection = Inspection(kernel, cfg.inspect, out, note, timeout=cfg.timeout)
+            inspection = Inspection(kernel, cfg.inspect, out, note, timeout=cfg.timeout,
+                                    where=(cfg.path, cfg.lines.get("inspect.capture")))
         lines, ending = _boot(req, kernel, hypervisor, note, data, inspection)
         if hypervisor is not None:
             data["hypervisor"]["banner"] = xen.banner([text for _, text in lines])

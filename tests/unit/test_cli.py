@@ -118,3 +118,13 @@ def test_unwritable_artifacts_directory_is_one_line(tmp_path: Path) -> None:
     res = patchscope("run", str(cfg), "--artifacts", str(blocker / "out"))
     assert res.returncode == 2
     assert "Not a directory" in _one_line_error(res.stderr)
+
+
+def test_capture_at_an_unknown_symbol_is_refused_before_booting(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, "nosym", "inspect: {capture: alternative_instruction}\n")
+    res = patchscope("run", str(cfg), "--artifacts", str(tmp_path / "out"), "-q")
+    assert res.returncode == 2
+    error = result_json(tmp_path / "out", "nosym")["error"]
+    assert error.startswith(f"{cfg}:3: inspect.capture:")
+    assert "did you mean 'alternative_instructions'?" in error
+    assert not (tmp_path / "out" / "nosym" / "native" / "qemu.cmdline").exists()   # nothing booted
