@@ -120,6 +120,7 @@ def test_unwritable_artifacts_directory_is_one_line(tmp_path: Path) -> None:
     assert "Not a directory" in _one_line_error(res.stderr)
 
 
+@pytest.mark.boot   # needs the real kernel's symbol table (fetched on first use); boots nothing
 def test_capture_at_an_unknown_symbol_is_refused_before_booting(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, "nosym", "inspect: {capture: alternative_instruction}\n")
     res = patchscope("run", str(cfg), "--artifacts", str(tmp_path / "out"), "-q")
