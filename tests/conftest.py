@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pexpect
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,6 +28,21 @@ def patchscope(*args: str, cwd: Path | None = None, timeout: float = 600) -> Cli
                           cwd=cwd or REPO, timeout=timeout, stdin=subprocess.DEVNULL,
                           env=dict(os.environ, PYTHONPATH=str(REPO)), check=False)
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def running(pid: int) -> bool:
+    """Whether a process runs (a zombie waiting to be reaped does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def spawn_patchscope(*args: str, timeout: float = 180, **env: str) -> pexpect.spawn:
+    """The real CLI on a pty, as a user at a terminal runs it."""
+    return pexpect.spawn(sys.executable, ["-m", "framework.cli", *args], cwd=str(REPO),
+                         env=dict(os.environ, PYTHONPATH=str(REPO), **env), timeout=timeout,
+                         encoding="utf-8", codec_errors="replace")
 
 
 def result_json(artifacts: Path, name: str, mode: str = "native") -> dict[str, Any]:

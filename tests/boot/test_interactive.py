@@ -4,24 +4,19 @@ Under Xen, the keyboard reaches dom0's hvc0 through Xen's com1 ("Serial input to
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 import pexpect
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import running, spawn_patchscope
 
 pytestmark = pytest.mark.boot
 
 
 @pytest.mark.parametrize("mode", ["native", "xen-pv"])
 def test_boot_gives_a_shell_and_ctrl_close_bracket_quits(tmp_path: Path, mode: str) -> None:
-    child = pexpect.spawn(sys.executable, ["-m", "framework.cli", "boot", "--artifacts", str(tmp_path),
-                                           "--mode", mode, "--cmdline", "quiet"],
-                          cwd=str(REPO), env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=180,
-                          encoding="utf-8", codec_errors="replace")
+    child = spawn_patchscope("boot", "--artifacts", str(tmp_path), "--mode", mode, "--cmdline", "quiet")
     try:
         child.expect("console attached; Ctrl-] quits")
         child.expect("patchscope: shell")
@@ -36,4 +31,4 @@ def test_boot_gives_a_shell_and_ctrl_close_bracket_quits(tmp_path: Path, mode: s
     log = (tmp_path / "boot" / mode / "console.log").read_text()
     assert "answer=42" in log
     pid = int((tmp_path / "boot" / mode / "qemu.pid").read_text())
-    assert not Path(f"/proc/{pid}/cmdline").exists() or not Path(f"/proc/{pid}/cmdline").read_bytes()
+    assert not running(pid)

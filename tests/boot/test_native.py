@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, patchscope, result_json, write_config
+from tests.conftest import REPO, patchscope, result_json, running, write_config
 
 pytestmark = pytest.mark.boot
 
@@ -122,17 +122,11 @@ def test_interrupt_during_boot_leaves_no_qemu(tmp_path: Path, artifacts: Path, m
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr
-    assert not Path(f"/proc/{qemu_pid}").exists() or _zombie(qemu_pid), "QEMU survived the interrupt"
+    assert not running(qemu_pid), "QEMU survived the interrupt"
     data = result_json(artifacts, "interrupted", mode)
     assert data["verdict"] == "error" and data["error"] == "interrupted"
     assert "Linux version" in console.read_text()   # the log up to the interrupt is kept
 
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
-    except OSError:
-        return True
 
 
 def test_accel_auto_records_its_decision(tmp_path: Path, artifacts: Path) -> None:

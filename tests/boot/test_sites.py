@@ -8,14 +8,12 @@ names the sites, the sites command (static and live), and boot --gdb.
 from __future__ import annotations
 
 import json
-import os
-import sys
 from pathlib import Path
 
 import pexpect
 import pytest
 
-from tests.conftest import REPO, patchscope, result_json, write_config
+from tests.conftest import patchscope, result_json, running, spawn_patchscope, write_config
 
 pytestmark = pytest.mark.boot
 
@@ -69,11 +67,9 @@ def test_live_sites_json_before_patching(artifacts: Path) -> None:
 
 
 def test_boot_gdb_stops_where_asked(tmp_path: Path) -> None:
-    child = pexpect.spawn(sys.executable, ["-m", "framework.cli", "boot", "--gdb", "--stop-at",
-                                           "alternative_instructions", "--artifacts", str(tmp_path)],
-                          # TERM=dumb: GDB without colour codes inside the addresses we match
-                          cwd=str(REPO), env=dict(os.environ, PYTHONPATH=str(REPO), TERM="dumb"), timeout=180,
-                          encoding="utf-8", codec_errors="replace")
+    # TERM=dumb: GDB without colour codes inside the addresses we match
+    child = spawn_patchscope("boot", "--gdb", "--stop-at", "alternative_instructions", "--artifacts", str(tmp_path),
+                             TERM="dumb")
     try:
         child.expect(r"[Bb]reakpoint 1, 0x([0-9a-f]+) in alternative_instructions \(\)")
         address = int(child.match.group(1), 16)
@@ -91,4 +87,4 @@ def test_boot_gdb_stops_where_asked(tmp_path: Path) -> None:
     assert address == 0xFFFFFFFF8308A05F
     assert "Linux version" in (tmp_path / "boot" / "native" / "console.log").read_text()
     pid = int((tmp_path / "boot" / "native" / "qemu.pid").read_text())
-    assert not Path(f"/proc/{pid}/cmdline").exists() or not Path(f"/proc/{pid}/cmdline").read_bytes()
+    assert not running(pid)

@@ -7,11 +7,10 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, running
 
 pytestmark = pytest.mark.boot
 
@@ -32,22 +31,16 @@ time.sleep(120)
 '''
 
 
-def _running(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
 
 def test_qemu_dies_with_a_killed_patchscope() -> None:
     parent = subprocess.Popen([sys.executable, "-c", LAUNCH], cwd=REPO, stdout=subprocess.PIPE, text=True,
                               env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert parent.stdout is not None
     qemu = int(parent.stdout.readline())
-    assert _running(qemu)
+    assert running(qemu)
     os.kill(parent.pid, signal.SIGKILL)
     parent.wait()
     deadline = time.monotonic() + 10
-    while _running(qemu) and time.monotonic() < deadline:
+    while running(qemu) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not _running(qemu), "QEMU outlived a SIGKILLed patchscope"
+    assert not running(qemu), "QEMU outlived a SIGKILLed patchscope"

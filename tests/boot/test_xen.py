@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import patchscope, result_json, write_config
+from tests.conftest import patchscope, result_json, running, write_config
 
 pytestmark = pytest.mark.boot
 
@@ -26,7 +26,7 @@ def test_dom0_crash_under_noreboot_ends_the_run_and_leaves_no_qemu(artifacts: Pa
     assert data["ending"]["reason"] == "fatal"
     assert data["crashes"][0]["source"] == "xen" and data["crashes"][0]["fatal"]
     pid = data["qemu"]["pid"]
-    assert not Path(f"/proc/{pid}/cmdline").exists() or not Path(f"/proc/{pid}/cmdline").read_bytes()
+    assert not running(pid)
 
 
 def test_results_record_kernel_and_hypervisor_and_stages_of_both(artifacts: Path) -> None:
