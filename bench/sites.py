@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 STATIC = ("from framework.image import prepare_kernel; from framework.refs import parse_ref; "
           "from framework.inspection import load_tables; "
-          "k = prepare_kernel(parse_ref('debian-6.1')); v, s, t = load_tables(k, (), lambda m: None); "
+          "k = prepare_kernel(parse_ref('debian-6.1')); v, s, t = load_tables(k, lambda m: None); "
           "print(sum(len(x) for x in t.values()))")
 
 

@@ -24,7 +24,8 @@ from .image import Kernel, cached_kernels, prepare_kernel
 from .inspection import load_tables
 from .refs import DEFAULT_KERNEL, DebianRef, list_recipes, parse_ref
 from .report import junit, summary_line
-from .run import RunRequest, artifacts_dir, check_mode, check_saved, execute, rejudge
+from .run import RunRequest, artifacts_dir, check_mode, check_saved, execute
+from .verdict import judge
 from .vmlinux import TABLES
 
 EXIT_PASS, EXIT_FAIL, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -188,7 +189,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         out: dict[str, Any] = {"path": str(target), "mode": args.mode or (saved or {}).get("mode"),
                                **obs.to_json()}
         if cfg is not None:
-            verdict = rejudge(obs, cfg)
+            verdict = judge(obs, cfg.expect)
             out.update(verdict=verdict.verdict, reasons=list(verdict.reasons))
             if verdict.verdict == "error":
                 code = max(code, EXIT_ERROR)
@@ -280,7 +281,7 @@ def _print_counts(counts: dict[str, dict[str, int]]) -> None:
 
 
 def _static_sites(kernel: Kernel, tables: tuple[str, ...], as_json: bool) -> int:
-    vmlinux, _, sites = load_tables(kernel, tables, _quiet if as_json else note_stderr)
+    vmlinux, _, sites = load_tables(kernel, _quiet if as_json else note_stderr)
     if as_json:
         for table in tables:
             for site in sites.get(table, []):

@@ -109,12 +109,15 @@ DONE_GRACE = 15.0
 def monitor(read: Callable[[float], bytes | None], log: TextIO, started: float, *,
             timeout: float, silence: float, exitcode: Callable[[], int | None],
             on_line: Callable[[float, str], None] | None = None,
-            held: Callable[[], bool] | None = None) -> tuple[list[TimedLine], Ending]:
+            held: Callable[[], bool] | None = None,
+            fatal: threading.Event | None = None,
+            marker: threading.Event | None = None) -> tuple[list[TimedLine], Ending]:
     """Read the console until the run ends; returns every line and how it ended.
 
     ``read(t)`` returns bytes (b"" if none within t seconds) or None at EOF.
     Times are ``time.monotonic()`` based; ``started`` is QEMU's launch.
     While ``held()`` is true (GDB holds the guest at a breakpoint) silence does not count.
+    ``fatal`` and ``marker`` are set on the first fatal crash line and the success marker.
     """
     splitter = LineSplitter()
     lines: list[TimedLine] = []
@@ -131,8 +134,12 @@ def monitor(read: Callable[[float], bytes | None], log: TextIO, started: float, 
             on_line(now - started, text)
         if fatal_at is None and crashes.is_fatal_line(text):
             fatal_at = now
+            if fatal is not None:
+                fatal.set()
         if done_at is None and MARKER_DONE in text and stages.match_stage(text) is not None:
             done_at = now
+            if marker is not None:
+                marker.set()
 
     def finish(ending: Ending) -> tuple[list[TimedLine], Ending]:
         rest = splitter.flush()
@@ -192,19 +199,12 @@ class ConsoleThread(threading.Thread):
     def release(self) -> None:
         self._held.clear()
 
-    def _line(self, t: float, text: str) -> None:
-        if MARKER_DONE in text and stages.match_stage(text) is not None:
-            self.marker.set()
-        if crashes.is_fatal_line(text):
-            self.fatal.set()
-        if self._on_line is not None:
-            self._on_line(t, text)
-
     def run(self) -> None:
         try:
-            self.lines, self.ending = monitor(self._read, self._log, self._t0, on_line=self._line,
+            self.lines, self.ending = monitor(self._read, self._log, self._t0, on_line=self._on_line,
                                               held=self._held.is_set, timeout=self._timeout,
-                                              silence=self._silence, exitcode=self._exitcode)
+                                              silence=self._silence, exitcode=self._exitcode,
+                                              fatal=self.fatal, marker=self.marker)
         except BaseException as err:  # noqa: BLE001 - handed to the main thread
             self.error = err
         finally:

@@ -38,8 +38,7 @@ Note = Callable[[str], None]
 STATIC_CALL_TRAMP_SIZE = 5
 
 
-def load_tables(kernel: Kernel, tables: Sequence[str],
-                note: Note) -> tuple[Vmlinux, Symbols, dict[str, list[Site]]]:
+def load_tables(kernel: Kernel, note: Note) -> tuple[Vmlinux, Symbols, dict[str, list[Site]]]:
     """The vmlinux, its symbols, and every table's sites (all tables: any of them explains a change)."""
     if kernel.vmlinux is None:
         raise ImageError(f"{kernel.ref}: no vmlinux could be taken from the image; "
@@ -83,7 +82,7 @@ class Inspection:
         self.inspect = inspect
         self.outdir = outdir
         self.note = note
-        self.vmlinux, self.symbols, self.sites = load_tables(kernel, inspect.tables, note)
+        self.vmlinux, self.symbols, self.sites = load_tables(kernel, note)
         for name in inspect.captures:
             if name not in CAPTURE_POINTS and self.symbols.address(name) is None:
                 # Names sharing the first letters: cheap to search, and where typos are.

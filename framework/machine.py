@@ -51,8 +51,7 @@ class Machine:
     stopped: bool = False           # -S: wait for GDB before the first instruction
     extra: tuple[str, ...] = field(default=())
     hypervisor: Path | None = None  # xen-pv: the Xen ELF QEMU's multiboot loader boots
-    xen_cmdline: tuple[str, ...] = ()
-    dom0_memory_mib: int = 256
+    xen_cmdline: tuple[str, ...] = ()     # see xen_cmdline(): dom0's memory is one of them
 
 
 def kernel_cmdline(extra: tuple[str, ...] | list[str] = (), mode: str = "native") -> tuple[str, ...]:

@@ -108,10 +108,6 @@ class Qemu:
             self._reap()
             return None
 
-    def write(self, data: bytes) -> None:
-        assert self.child is not None
-        self.child.send(data)
-
     def shutdown(self, grace: float = 3.0) -> None:
         """Stop QEMU: QMP quit, then SIGTERM, then SIGKILL to its process group."""
         try:

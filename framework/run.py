@@ -29,7 +29,7 @@ from .qemu import Qemu, private_socket_dir, probe_kvm
 from .refs import parse_ref
 from .report import RESULT, read_result, write_json
 from .stages import match_stage
-from .verdict import Verdict, judge
+from .verdict import judge
 
 Note = Callable[[str], None]
 SUPPORTED_MODES = machine.MODES
@@ -165,7 +165,6 @@ def _boot(req: RunRequest, kernel: Kernel, hypervisor: xen.Hypervisor | None, no
         smp=cfg.qemu.smp, accel=accel, extra=cfg.qemu.extra,
         hypervisor=hypervisor.image if hypervisor else None,
         xen_cmdline=machine.xen_cmdline(cfg.dom0_memory_mib, cfg.xen_cmdline),
-        dom0_memory_mib=cfg.dom0_memory_mib,
         gdb_socket=sockdir / "gdb.sock" if inspect is not None else None, stopped=inspect is not None)
     try:
         argv = machine.qemu_argv(m)
@@ -282,6 +281,3 @@ def check_saved(path: Path) -> tuple[Observation, dict[str, Any] | None]:
         ending = Ending("log-end", last_t or 0.0)
     return observe(lines, ending), saved
 
-
-def rejudge(obs: Observation, cfg: Config) -> Verdict:
-    return judge(obs, cfg.expect)

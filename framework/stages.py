@@ -46,7 +46,6 @@ STAGES: tuple[StageRow, ...] = (
     _row("power-off", "reboot: Power down", r"reboot: Power down"),
     _row("xen-s5", "Xen: Entering ACPI S5", r"^\(XEN\) Entering ACPI S5 state"),
 )
-BY_NAME = {row.name: row for row in STAGES}
 START_LABEL = "QEMU started"
 
 

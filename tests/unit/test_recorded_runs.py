@@ -13,7 +13,8 @@ import pytest
 
 from framework.config import load_config
 from framework.report import read_result
-from framework.run import check_saved, rejudge
+from framework.run import check_saved
+from framework.verdict import judge
 
 RUNS = sorted(p for p in (Path(__file__).resolve().parents[1] / "data" / "runs").iterdir()
               if (p / "result.json").exists())
@@ -29,7 +30,7 @@ def test_recorded_run_is_judged_the_same_again(run: Path) -> None:
     assert obs.last_stage == saved["last_stage"]
     assert [c.title for c in obs.crashes] == [c["title"] for c in saved["crashes"]]
     assert [s.name for s in obs.stages] == [s["name"] for s in saved["stages"]]
-    verdict = rejudge(obs, load_config(run / "config.yaml"))
+    verdict = judge(obs, load_config(run / "config.yaml").expect)
     assert verdict.verdict == saved["verdict"] == "pass", verdict.reasons
 
 
