@@ -34,6 +34,45 @@ Schema (every key is optional)::
       console:
         contains: [regex]    # every regex must match some console line
         excludes: [regex]    # no console line may match any of them
+      stops:                 # checks on the scenario's stops (needs scenario:)
+        - at: text_poke_early   # a rule's on/at exactly as written there
+          count: 1           #   N or [min, max]; default: at least once
+          caller: "^apply_paravirt"   # regex every stop's return address ("symbol+0xoff") must match
+      nmi: delivered         # delivered | ignored | early | arrived (not lost) | lost: every injected NMI's
+                             # fate, or a list with one per NMI in injection order ([delivered, ignored]);
+                             # needs an inject-nmi action; default delivered when the scenario injects one
+    scenario:                # at a breakpoint, when conditions hold, do actions (framework/scenario.py)
+      max_stops: 1000        # at most this many stops at the rules' breakpoints (matched or not),
+                             # 1..1000000; default 1000; then the breakpoints go and the run fails
+      rules:
+        - on: text_poke_bp_batch          # where to stop: symbol, symbol+0x10 (or +16), or 0xffffffff81000000
+          do: [inject-nmi]
+        - on:
+            at: text_poke_early
+            hit: 200                      # only the 200th matching stop (>= 1); default every one
+            when:                         # all must hold
+              caller: "^apply_paravirt[+]"   # regex on the return address *(u64 *)rsp as "symbol+0xoff"
+              addr_in: native_flush_tlb_local  # the "addr" argument lies in this symbol
+              pv_op: irq.save_fl          # paravirt_patch: the op of its "type"; else of the pv site at "addr"
+              len: 6                      # the "len" argument equals (an EXPR)
+              regs: {rdi: 0xffffffff81000000}   # registers equal (EXPRs)
+          do:                             # in order; a rule always continues after its last action
+            - skip                        # return at once: rip = *(u64 *)rsp, rsp += 8 (a function entry only)
+            - skip: {return: 0}           #   ... with rax = EXPR
+            - write: {at: "rdi + 9", bytes: "02"}   # hex pairs, spaces allowed; or u8/u16/u32/u64: EXPR
+            - set: {rdx: "len - 1"}       # registers = EXPRs
+            - dump: {at: addr, len: 16}   # memory into the artefacts; len 1..1048576
+            - record: [addr, len, rsp]    # EXPRs into the log; bare "record": the function's arguments
+            - inject-nmi                  # QMP inject-nmi
+            - continue                    # only last
+
+EXPR: integers (decimal, 0x hex), registers (rax … r15, rip, rsp, eflags), the
+function's arguments, and kernel symbols (their address), with ``+ - *`` and
+parentheses, in 64-bit unsigned arithmetic. Arguments come from
+``scenario.SIGNATURES`` (Linux 6.1 prototypes, rdi, rsi, rdx, rcx, r8, r9) and
+exist only when ``on`` is exactly a function's entry; ``addr_in``, ``len`` and
+``pv_op`` need a function with that argument. Symbols are checked once the
+kernel is known (``scenario.resolve``), before it boots.
 
 An empty value (``cmdline:`` with nothing after it) means the default for
 lists and sections, and for ``qemu.cpu``, ``qemu.memory`` and ``expect.crash``;
@@ -49,6 +88,10 @@ Impossible combinations, each reported at the line of the offending key:
   patchscope's /init nothing runs the commands or prints the success marker);
 * ``silence`` longer than ``timeout``;
 * a regex that does not compile, or an empty one (it would match anything);
+* ``expect.stops`` without a scenario, or at a place no rule stops at; ``expect.nmi``
+  without an ``inject-nmi`` action; a scenario without rules, a rule without
+  actions, ``skip`` where ``on`` is not a function's entry, an argument or an
+  argument condition the rule's function does not have;
 * an ``initramfs`` file that does not exist (the message gives the resolved path);
 * a mode other than native and xen-pv, or the same mode twice;
 * a ``cmdline``/``xen_cmdline`` entry containing a newline or other control character;
@@ -82,6 +125,28 @@ from typing import Literal, TypeVar, cast
 import yaml
 
 from .errors import ConfigError
+from .scenario import (
+    ACTIONS,
+    DEFAULT_MAX_STOPS,
+    MAX_DUMP,
+    MAX_STOPS,
+    MAX_WRITE,
+    NMI_STATES,
+    PV_TYPE_FUNCTIONS,
+    REGISTERS,
+    SIGNATURES,
+    Action,
+    Condition,
+    Rule,
+    Scenario,
+    StopExpect,
+    Trigger,
+    function_of,
+    literal_text,
+    name_problem,
+    parse_expression,
+    parse_location,
+)
 from .sites import STATES
 from .vmlinux import TABLES
 
@@ -149,6 +214,9 @@ class Expect:
     oversized: int | None = None          # at most this many over-sized patches
     unknown_changes: int | None = None    # at most this many text changes outside every known site
     pv_indirect: int | None = None        # at most this many pv sites left as "call *pv_ops+…"
+    stops: tuple[StopExpect, ...] = ()    # checks on the scenario's stops
+    nmi: str | tuple[str, ...] | None = None   # every NMI's fate, or each one's in injection order;
+                                               # see scenario.effective_nmi
 
 
 CAPTURE_POINTS = ("before-patching", "after-patching", "booted")
@@ -160,6 +228,7 @@ class Inspect:
 
     captures: tuple[str, ...] = ("after-patching",)   # capture points or kernel symbols, in boot order
     tables: tuple[str, ...] = TABLES
+    trace: bool = False     # record every text write of the boot (trace.py), with its self-check
 
 
 @dataclass(frozen=True)
@@ -202,6 +271,7 @@ class Config:
     silence: float = DEFAULT_SILENCE
     expect: Expect = Expect()
     inspect: Inspect | None = None
+    scenario: Scenario | None = None
     # Dotted key -> 1-based line ("expect.outcome", "cmdline[2]"); read-only by convention.
     # Not part of equality: the same settings laid out differently are the same config.
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, hash=False)
@@ -348,6 +418,12 @@ def _whole(node: yaml.Node) -> int | None:
     except ValueError:
         pass
     return None
+
+
+def _flag(ctx: _Ctx, node: yaml.Node, key: str) -> bool:
+    if isinstance(node, yaml.ScalarNode) and node.tag == _BOOL:
+        return bool(_CONSTRUCTOR.construct_yaml_bool(node))
+    raise ctx.fail(node, f"{key} must be true or false, not {_describe(node)}")
 
 
 def _count(ctx: _Ctx, node: yaml.Node, key: str) -> int:
@@ -623,6 +699,364 @@ def _qemu_arg(ctx: _Ctx, node: yaml.Node, key: str, text: str) -> None:
             raise ctx.fail(node, f"{key}: {_RESERVED_QEMU_OPTIONS[option]}")
 
 
+# --------------------------------------------------------------------------- scenario
+
+
+def _keep(ctx: _Ctx, node: yaml.Node, key: str) -> yaml.Node:
+    """The node itself, for values whose checks depend on other keys."""
+    return node
+
+
+def _nodes(values: Mapping[str, object], key: str) -> yaml.Node | None:
+    return cast(yaml.Node | None, values.get(key))
+
+
+def _expression(ctx: _Ctx, node: yaml.Node, key: str, function: str | None) -> str:
+    """An expression's text, checked for syntax and names; constants in their normal spelling."""
+    what = "an expression such as 'rdi + 9', 'len - 1' or 0xffffffff81000000"
+    if isinstance(node, yaml.ScalarNode) and node.tag == _INT:
+        try:
+            value = int(_CONSTRUCTOR.construct_yaml_int(node))
+        except ValueError:
+            raise ctx.fail(node, f"{key} must be {what}, not {_describe(node)}") from None
+        if abs(value) > (1 << 64) - 1:
+            raise ctx.fail(node, f"{key}: {value:#x} does not fit in 64 bits")
+        return literal_text(value)
+    if isinstance(node, yaml.ScalarNode) and node.tag in (_BOOL, _FLOAT, _TIMESTAMP):
+        raise ctx.fail(node, f"{key} must be {what}, not {_describe(node)}")
+    text = _scalar_text(ctx, node, key, what)
+    if "\n" in text or "\r" in text:
+        raise ctx.fail(node, f"{key} must be a single line, not {_quote(text)}")
+    try:
+        parsed = parse_expression(text)
+    except ValueError as err:
+        raise ctx.fail(node, f"{key}: {err}") from None
+    for name in sorted(parsed.names):
+        reason = name_problem(name, function)
+        if reason is not None:
+            raise ctx.fail(node, f"{key}: {reason}")
+    return literal_text(parsed.literal) if parsed.literal is not None else text.strip()
+
+
+def _location(ctx: _Ctx, node: yaml.Node, key: str) -> str:
+    text = _scalar_text(ctx, node, key, "a kernel symbol, symbol+0x10 or an address")
+    try:
+        parse_location(text)
+    except ValueError as err:
+        raise ctx.fail(node, f"{key}: {err}") from None
+    return text.strip()
+
+
+def _need_argument(ctx: _Ctx, node: yaml.Node, key: str, trigger: Trigger, argument: str) -> None:
+    """Refuse ``key`` unless the trigger stops at the entry of a function with ``argument``."""
+    function = function_of(trigger)
+    having = sorted(f for f, args in SIGNATURES.items() if argument in args
+                    and (argument != "type" or f in PV_TYPE_FUNCTIONS))
+    if function is None:
+        symbol = parse_location(trigger.at)[0]
+        fix = f"on: {symbol}" if symbol in having else f"on: one of {', '.join(having)}"
+        raise ctx.fail(node, f"{key} needs the function's {argument!r} argument, and arguments exist only at "
+                             f"a function's entry; {trigger.at!r} is not one ({fix})")
+    if function not in having:
+        raise ctx.fail(node, f"{key} needs the function's {argument!r} argument, and {function} has none "
+                             f"(functions with one: {', '.join(having)})")
+
+
+def _register(ctx: _Ctx, node: yaml.Node, key: str) -> str:
+    name = _scalar_text(ctx, node, key, "a register")
+    if name not in REGISTERS:
+        reason = name_problem(name, None)
+        hint = f": {reason}" if reason is not None and "register" in reason else _suggest(name, REGISTERS)
+        raise ctx.fail(node, f"{key}: {_quote(name)} is not a register (one of {', '.join(REGISTERS)}){hint}")
+    return name
+
+
+def _register_values(ctx: _Ctx, node: yaml.Node, key: str, function: str | None) -> tuple[tuple[str, str], ...]:
+    """{register: expression, …}, at least one."""
+    if not isinstance(node, yaml.MappingNode) or node.tag != _MAP or not node.value:
+        raise ctx.fail(node, f"{key} must be a mapping of registers to values such as {{rdx: 'len - 1'}}, "
+                             f"not {_describe(node)}")
+    out: list[tuple[str, str]] = []
+    for key_node, value_node in node.value:
+        name = _register(ctx, key_node, key)
+        if any(name == seen for seen, _ in out):
+            raise ctx.fail(key_node, f"duplicate key {_quote(f'{key}.{name}')}")
+        ctx.note(f"{key}.{name}", key_node)
+        out.append((name, _expression(ctx, value_node, f"{key}.{name}", function)))
+    # One order, whatever the file's: the values are all computed before any is set.
+    return tuple(sorted(out, key=lambda pair: REGISTERS.index(pair[0])))
+
+
+_CONDITIONS = ("caller", "addr_in", "pv_op", "len", "regs")
+_ACTION_HINT = "it is an action: put it in the rule's do, e.g. do: [skip]"
+_CONDITION_HINT = "it is a condition: put it under on.when"
+_RULE_HINTS = {**{k: "it belongs under on, e.g. on: {at: text_poke_early, hit: 2}" for k in ("at", "hit", "when")},
+               **{k: _CONDITION_HINT for k in _CONDITIONS}, **{k: _ACTION_HINT for k in ACTIONS}}
+_TRIGGER_HINTS = {**{k: "it is a condition: put it under when" for k in _CONDITIONS},
+                  **{k: _ACTION_HINT for k in ACTIONS}}
+_WHEN_HINTS = {**{k: "it belongs under on, next to when" for k in ("at", "hit")},
+               **{k: _ACTION_HINT for k in ACTIONS}}
+
+
+def _conditions(ctx: _Ctx, node: yaml.Node, key: str, trigger: Trigger) -> tuple[Condition, ...]:
+    values = _read(ctx, node, _WHEN, key + ".", _WHEN_HINTS)
+    function = function_of(trigger)
+    out: list[Condition] = []
+    for kind in _CONDITIONS:     # one order, whatever the file's, so equal rules compare equal
+        item = _nodes(values, kind)
+        if item is None:
+            continue
+        item_key = f"{key}.{kind}"
+        if kind == "caller":
+            out.append(Condition("caller", pattern=_regex(ctx, item, item_key), line=_line(item)))
+        elif kind == "addr_in":
+            _need_argument(ctx, item, item_key, trigger, "addr")
+            name = _text("a kernel symbol such as native_flush_tlb_local", pattern=_SYMBOL)(ctx, item, item_key)
+            out.append(Condition("addr_in", name=str(name), line=_line(item)))
+        elif kind == "pv_op":
+            _need_argument(ctx, item, item_key, trigger, "type" if function in PV_TYPE_FUNCTIONS else "addr")
+            name = _text("a pv_ops member such as 'irq.save_fl'", pattern=r"[a-z_]+(\.[a-z0-9_]+)+")(
+                ctx, item, item_key)
+            out.append(Condition("pv_op", name=str(name), line=_line(item)))
+        elif kind == "len":
+            _need_argument(ctx, item, item_key, trigger, "len")
+            out.append(Condition("len", value=_expression(ctx, item, item_key, function), line=_line(item)))
+        else:
+            out.extend(Condition("reg", name=name, value=expr, line=_line(item))
+                       for name, expr in _register_values(ctx, item, item_key, function))
+    return tuple(out)
+
+
+def _trigger(ctx: _Ctx, node: yaml.Node, key: str) -> Trigger:
+    """``on:``: a location, or {at, hit, when}."""
+    if isinstance(node, yaml.ScalarNode) and not _is_null(node):
+        return Trigger(_location(ctx, node, key), line=_line(node))
+    if not isinstance(node, yaml.MappingNode) or node.tag != _MAP:
+        raise ctx.fail(node, f"{key} must be a location such as text_poke_early, or a mapping "
+                             f"{{at: …, hit: …, when: …}}, not {_describe(node)}")
+    values = _read(ctx, node, _TRIGGER, key + ".", _TRIGGER_HINTS)
+    if "at" not in values:
+        raise ctx.fail(node, f"{key} needs at: (where to stop), e.g. {{at: text_poke_early}}")
+    trigger = Trigger(at=str(values["at"]), hit=cast(int | None, values.get("hit")), line=_line(node))
+    when = _nodes(values, "when")
+    if when is None or _is_null(when):
+        return trigger
+    return dataclasses.replace(trigger, when=_conditions(ctx, when, key + ".when", trigger))
+
+
+def _hex_bytes(ctx: _Ctx, node: yaml.Node, key: str) -> bytes:
+    text = _scalar_text(ctx, node, key, "hex bytes such as '0f 1f 44 00 00'")
+    groups = text.split()
+    if not groups or not all(re.fullmatch(r"(?:[0-9a-fA-F]{2})+", g) for g in groups):
+        raise ctx.fail(node, f"{key} must be hex byte pairs such as '0f 1f 44 00 00' or '0f1f440000', "
+                             f"not {_quote(text)}")
+    data = bytes.fromhex("".join(groups))
+    if len(data) > MAX_WRITE:
+        raise ctx.fail(node, f"{key}: {len(data)} bytes; at most {MAX_WRITE} can be written at once")
+    return data
+
+
+_WIDTHS = {"u8": 1, "u16": 2, "u32": 4, "u64": 8}
+
+
+def _action_options(ctx: _Ctx, node: yaml.Node | None, item: yaml.Node, key: str, section: _Section,
+                    example: str) -> tuple[dict[str, object], yaml.Node]:
+    if node is None or not isinstance(node, yaml.MappingNode) or node.tag != _MAP:
+        raise ctx.fail(node if node is not None else item,
+                       f"{key} must be a mapping such as {example}, not "
+                       + (_describe(node) if node is not None else "nothing"))
+    return _read(ctx, node, section, key + "."), node
+
+
+def _require(ctx: _Ctx, values: Mapping[str, object], node: yaml.Node, key: str, name: str,
+             example: str) -> yaml.Node:
+    item = _nodes(values, name)
+    if item is None:
+        raise ctx.fail(node, f"{key} needs {name}: (e.g. {example})")
+    return item
+
+
+def _action(ctx: _Ctx, item: yaml.Node, key: str, trigger: Trigger) -> Action:
+    function = function_of(trigger)
+    arg: yaml.Node | None = None
+    if isinstance(item, yaml.MappingNode) and item.tag == _MAP:
+        if len(item.value) != 1:
+            found = ", ".join(str(k.value) for k, _ in item.value if isinstance(k, yaml.ScalarNode))
+            raise ctx.fail(item, f"{key} must be one action, such as skip or write: {{at: rdi, bytes: '90'}} "
+                                 f"(it has {len(item.value)} keys: {found}); give each action its own '- ' item")
+        name_node, arg = item.value[0]
+        if _is_null(arg):
+            arg = None
+    else:
+        name_node = item
+    name = _scalar_text(ctx, name_node, key, "an action (" + ", ".join(ACTIONS) + ")")
+    if name not in ACTIONS:
+        raise ctx.fail(name_node, f"{key}: unknown action {_quote(name)} (one of {', '.join(ACTIONS)})"
+                                  + _suggest(name, ACTIONS))
+    key = f"{key}.{name}" if arg is not None else key
+    line = _line(item)
+    if name == "skip":
+        if function is None:
+            raise ctx.fail(item, f"{key}: skip returns from a function at its entry, and {trigger.at!r} is not "
+                                 "a function's entry; stop at the function itself (no +offset, not an address)")
+        if arg is None:
+            return Action("skip", line=line)
+        values, _ = _action_options(ctx, arg, item, key, _SKIP, "{return: 0}")
+        ret = _nodes(values, "return")
+        return Action("skip", value=_expression(ctx, ret, key + ".return", function) if ret is not None else None,
+                      line=line)
+    if name == "write":
+        example = "{at: 'rdi + 9', bytes: '02'}"
+        values, arg = _action_options(ctx, arg, item, key, _WRITE, example)
+        at = _expression(ctx, _require(ctx, values, arg, key, "at", example), key + ".at", function)
+        given = [k for k in ("bytes", *_WIDTHS) if k in values]
+        if len(given) != 1:
+            raise ctx.fail(arg, f"{key} needs exactly one of bytes, u8, u16, u32, u64"
+                                + (f" (it has {', '.join(given)})" if given else f", e.g. {example}"))
+        what = given[0]
+        value_node = _require(ctx, values, arg, key, what, example)
+        if what == "bytes":
+            return Action("write", at=at, data=_hex_bytes(ctx, value_node, key + ".bytes"), line=line)
+        width = _WIDTHS[what]
+        value = _expression(ctx, value_node, f"{key}.{what}", function)
+        literal = parse_expression(value).literal
+        if literal is not None and not -(1 << (8 * width - 1)) <= literal < (1 << (8 * width)):
+            raise ctx.fail(value_node, f"{key}.{what}: {value} does not fit in {8 * width} bits")
+        return Action("write", at=at, value=value, width=width, line=line)
+    if name == "set":
+        if arg is None:
+            raise ctx.fail(item, f"{key} needs registers and values, e.g. set: {{rdx: 'len - 1'}}")
+        return Action("set", registers=_register_values(ctx, arg, key, function), line=line)
+    if name == "dump":
+        example = "{at: addr, len: 16}"
+        values, arg = _action_options(ctx, arg, item, key, _DUMP, example)
+        at = _expression(ctx, _require(ctx, values, arg, key, "at", example), key + ".at", function)
+        len_node = _require(ctx, values, arg, key, "len", example)
+        length = _whole(len_node)
+        if length is None or not 1 <= length <= MAX_DUMP:
+            raise ctx.fail(len_node, f"{key}.len must be a number of bytes from 1 to {MAX_DUMP} (1 MiB), "
+                                     f"not {_describe(len_node)}")
+        return Action("dump", at=at, length=length, line=line)
+    if name == "record":
+        names: list[str] = []
+        if arg is not None:
+            items = [(key, arg)] if isinstance(arg, yaml.ScalarNode) else []
+            if isinstance(arg, yaml.SequenceNode) and arg.tag == _SEQ:
+                items = [(f"{key}[{i}]", n) for i, n in enumerate(arg.value)]
+            elif not isinstance(arg, yaml.ScalarNode):
+                raise ctx.fail(arg, f"{key} must be a list of expressions such as [addr, len, rsp], "
+                                    f"not {_describe(arg)}")
+            for item_key, node in items:
+                ctx.note(item_key, node)
+                text = _expression(ctx, node, item_key, function)
+                if text in names:
+                    raise ctx.fail(node, f"{item_key}: {_quote(text)} is listed twice")
+                names.append(text)
+        if not names and (function is None or not SIGNATURES.get(function)):
+            where = f"{trigger.at!r} is not a function's entry" if function is None else \
+                f"patchscope knows no arguments of {function}"
+            raise ctx.fail(item, f"{key}: record without a list records the function's arguments, but {where}; "
+                                 "list what to record, e.g. record: [rdi, rsi, rsp]")
+        return Action("record", names=tuple(names), line=line)
+    if arg is not None:
+        raise ctx.fail(arg, f"{key}: {name} takes no options; write just '- {name}'")
+    return Action(name, line=line)
+
+
+def _actions(ctx: _Ctx, node: yaml.Node | None, key: str, trigger: Trigger, rule: yaml.Node) -> tuple[Action, ...]:
+    """``do:``: a list of actions (or one); never empty."""
+    if node is None or _is_null(node) or (isinstance(node, yaml.SequenceNode) and not node.value):
+        raise ctx.fail(node if node is not None and not _is_null(node) else rule,
+                       f"{key}: nothing to do: add record or continue (e.g. do: [record])")
+    if isinstance(node, yaml.SequenceNode) and node.tag == _SEQ:
+        items = [(f"{key}[{i}]", item) for i, item in enumerate(node.value)]
+    elif isinstance(node, yaml.ScalarNode) or (isinstance(node, yaml.MappingNode) and node.tag == _MAP):
+        items = [(key, node)]
+    else:
+        raise ctx.fail(node, f"{key} must be a list of actions such as [inject-nmi], not {_describe(node)}")
+    out: list[Action] = []
+    for item_key, item in items:
+        ctx.note(item_key, item)
+        if out and out[-1].kind == "continue":
+            raise ctx.fail(item, f"{item_key}: continue ends the rule's actions; move it last or remove it")
+        out.append(_action(ctx, item, item_key, trigger))
+    return tuple(out)
+
+
+def _rules(ctx: _Ctx, node: yaml.Node, key: str) -> tuple[Rule, ...]:
+    if not isinstance(node, yaml.SequenceNode) or node.tag != _SEQ or not node.value:
+        raise ctx.fail(node, f"{key} must be a list of rules such as [{{on: text_poke_bp_batch, do: [inject-nmi]}}], "
+                             f"not {_describe(node)}")
+    out: list[Rule] = []
+    for index, item in enumerate(node.value):
+        item_key = f"{key}[{index}]"
+        ctx.note(item_key, item)
+        if not isinstance(item, yaml.MappingNode) or item.tag != _MAP:
+            raise ctx.fail(item, f"{item_key} must be a mapping such as {{on: text_poke_bp_batch, do: [inject-nmi]}}, "
+                                 f"not {_describe(item)}")
+        values = _read(ctx, item, _RULE, item_key + ".", _RULE_HINTS)
+        on = _nodes(values, "on")
+        if on is None:
+            raise ctx.fail(item, f"{item_key} needs on: (where to stop), e.g. on: text_poke_early")
+        trigger = _trigger(ctx, on, item_key + ".on")
+        out.append(Rule(trigger, _actions(ctx, _nodes(values, "do"), item_key + ".do", trigger, item),
+                        line=_line(item)))
+    return tuple(out)
+
+
+def _nmi(ctx: _Ctx, node: yaml.Node, key: str) -> str | tuple[str, ...]:
+    """What must become of injected NMIs: one state for all, or a list with one per NMI in injection order."""
+    choice = _choice(NMI_STATES)
+    if isinstance(node, yaml.SequenceNode) and node.tag == _SEQ:
+        if not node.value:
+            raise ctx.fail(node, f"{key} must list at least one of {', '.join(NMI_STATES)} (one per injected NMI)")
+        out = []
+        for index, item in enumerate(node.value):
+            ctx.note(f"{key}[{index}]", item)
+            out.append(str(choice(ctx, item, f"{key}[{index}]")))
+        return tuple(out)
+    return str(choice(ctx, node, key))
+
+
+def _max_stops(ctx: _Ctx, node: yaml.Node, key: str) -> int:
+    value = _whole(node)
+    if value is None or not 1 <= value <= MAX_STOPS:
+        raise ctx.fail(node, f"{key} must be a whole number from 1 to {MAX_STOPS}, not {_describe(node)}")
+    return value
+
+
+def _stop_count(ctx: _Ctx, node: yaml.Node, key: str) -> tuple[int, int]:
+    """A number of stops: N, or [min, max]."""
+    value = _whole(node)
+    if value is not None and 0 <= value <= MAX_STOPS:
+        return value, value
+    if isinstance(node, yaml.SequenceNode) and len(node.value) == 2:
+        low, high = (_whole(n) for n in node.value)
+        if low is not None and high is not None and 0 <= low <= high <= MAX_STOPS:
+            return low, high
+    raise ctx.fail(node, f"{key} must be a number of stops or [min, max] with min <= max, not {_describe(node)}")
+
+
+def _stop_expects(ctx: _Ctx, node: yaml.Node, key: str) -> tuple[StopExpect, ...]:
+    if _is_null(node):
+        return ()
+    if not isinstance(node, yaml.SequenceNode) or node.tag != _SEQ:
+        raise ctx.fail(node, f"{key} must be a list such as [{{at: int3_magic, count: 1}}], not {_describe(node)}")
+    out: list[StopExpect] = []
+    for index, item in enumerate(node.value):
+        item_key = f"{key}[{index}]"
+        ctx.note(item_key, item)
+        if not isinstance(item, yaml.MappingNode) or item.tag != _MAP:
+            raise ctx.fail(item, f"{item_key} must be a mapping such as {{at: int3_magic, count: 1}}, "
+                                 f"not {_describe(item)}")
+        values = _read(ctx, item, _STOP_EXPECT, item_key + ".")
+        if "at" not in values:
+            raise ctx.fail(item, f"{item_key} needs at: (a rule's on, as written there)")
+        out.append(StopExpect(at=str(values["at"]), count=_get(values, "count", (1, MAX_STOPS)),
+                              caller=cast(re.Pattern[str] | None, values.get("caller")), line=_line(item)))
+    return tuple(out)
+
+
 # --------------------------------------------------------------------------- the schema
 
 
@@ -645,6 +1079,14 @@ _SITE_RULE = _Section({
     "state": _names("a site state or a list of them", _state_name),
     "count": _count_range,
 })
+
+_TRIGGER = _Section({"at": _location, "hit": _count, "when": _keep})
+_WHEN = _Section({key: _keep for key in _CONDITIONS})
+_RULE = _Section({"on": _keep, "do": _keep})
+_SKIP = _Section({"return": _keep})
+_WRITE = _Section({"at": _keep, "bytes": _keep, **{key: _keep for key in _WIDTHS}})
+_DUMP = _Section({"at": _keep, "len": _keep})
+_STOP_EXPECT = _Section({"at": _location, "count": _stop_count, "caller": _regex})
 
 _NAME_PATTERN = rf"(?![.]+$)[A-Za-z0-9._-]{{1,{MAX_NAME_LENGTH}}}"
 _NAME_WHAT = f"1-{MAX_NAME_LENGTH} letters, digits, '.', '_' or '-' (not only dots)"
@@ -671,8 +1113,15 @@ _SCHEMA = _Section({
     "inspect": _Section({
         "capture": _names("a capture point or a list of them", _capture_name),
         "tables": _names("a table name or a list of them", _table_name),
+        "trace": _flag,
+    }),
+    "scenario": _Section({
+        "max_stops": _max_stops,
+        "rules": _rules,
     }),
     "expect": _Section({
+        "stops": _stop_expects,
+        "nmi": _nmi,
         "sites": _site_assertions,
         "oversized": _at_most,
         "unknown_changes": _at_most,
@@ -700,9 +1149,11 @@ def _all_keys(section: _Section, prefix: str = "") -> list[str]:
 _ALL_KEYS = _all_keys(_SCHEMA)
 
 
-def _unknown_key(key: str, section: _Section, prefix: str) -> str:
+def _unknown_key(key: str, section: _Section, prefix: str, hints: Mapping[str, str] | None = None) -> str:
     where = f" in {prefix[:-1]}" if prefix else ""
     message = f"unknown key {_quote(key)}{where}"
+    if hints is not None and key in hints:
+        return f"{message} ({hints[key]})"
     elsewhere = [path for path in _ALL_KEYS if path.rsplit(".", 1)[-1] == key]
     if elsewhere:
         parent = elsewhere[0].rsplit(".", 1)[0] if "." in elsewhere[0] else "the top level"
@@ -713,8 +1164,12 @@ def _unknown_key(key: str, section: _Section, prefix: str) -> str:
     return f"{message} (valid keys: {', '.join(section.keys)})"
 
 
-def _read(ctx: _Ctx, node: yaml.Node, section: _Section, prefix: str) -> dict[str, object]:
-    """Parse a mapping node against a section; returns {key: value} for the keys present."""
+def _read(ctx: _Ctx, node: yaml.Node, section: _Section, prefix: str,
+          hints: Mapping[str, str] | None = None) -> dict[str, object]:
+    """Parse a mapping node against a section; returns {key: value} for the keys present.
+
+    ``hints`` says where keys that are not in the section belong instead.
+    """
     if _is_null(node):
         return {}
     if not isinstance(node, yaml.MappingNode) or node.tag != _MAP:
@@ -736,7 +1191,7 @@ def _read(ctx: _Ctx, node: yaml.Node, section: _Section, prefix: str) -> dict[st
             raise ctx.fail(key_node, f"duplicate key {_quote(dotted)}{again}")
         rule = section.keys.get(key)
         if rule is None:
-            raise ctx.fail(key_node, _unknown_key(key, section, prefix))
+            raise ctx.fail(key_node, _unknown_key(key, section, prefix, hints))
         ctx.note(dotted, key_node)
         if isinstance(rule, _Section):
             values[key] = _read(ctx, value_node, rule, dotted + ".")
@@ -793,7 +1248,8 @@ def _build(ctx: _Ctx, values: Mapping[str, object], name: str, path: Path | None
     inspect = None
     if inspect_values is not None:
         inspect = Inspect(captures=_get(inspect_values, "capture", Inspect.captures),
-                          tables=_get(inspect_values, "tables", Inspect.tables))
+                          tables=_get(inspect_values, "tables", Inspect.tables),
+                          trace=_get(inspect_values, "trace", False))
     sites = _get(expect, "sites", cast(tuple[SiteAssertion, ...], ()))
     for key in ("sites", "oversized", "unknown_changes", "pv_indirect"):
         if expect.get(key) not in (None, ()) and inspect is None:
@@ -809,6 +1265,25 @@ def _build(ctx: _Ctx, values: Mapping[str, object], name: str, path: Path | None
         if assertion.table is not None and assertion.table not in inspect.tables:
             raise ctx.fail(lines.get(f"expect.sites[{index}].table"),
                            f"expect.sites[{index}].table: {assertion.table!r} is not in inspect.tables")
+
+    scenario = _scenario(ctx, values)
+    stops = _get(expect, "stops", cast(tuple[StopExpect, ...], ()))
+    nmi = cast(str | tuple[str, ...] | None, expect.get("nmi"))
+    if stops and scenario is None:
+        raise ctx.fail(lines.get("expect.stops"),
+                       "expect.stops needs a scenario: section whose rules stop there, "
+                       "e.g. scenario: {rules: [{on: int3_magic, do: [record]}]}")
+    rule_ats = [rule.on.at for rule in scenario.rules] if scenario is not None else []
+    for index, stop in enumerate(stops):
+        if stop.at not in rule_ats:
+            raise ctx.fail(lines.get(f"expect.stops[{index}].at"),
+                           f"expect.stops[{index}].at: no scenario rule stops at {stop.at!r}"
+                           f"{_suggest(stop.at, rule_ats)}; write a rule's on: exactly as it is written "
+                           f"({', '.join(dict.fromkeys(rule_ats))})")
+    if nmi is not None and (scenario is None or not scenario.injects_nmi()):
+        raise ctx.fail(lines.get("expect.nmi"),
+                       "expect.nmi needs a scenario rule that injects an NMI (do: [inject-nmi]); "
+                       "add one or remove expect.nmi")
 
     return Config(
         name=_get(values, "name", name),
@@ -841,10 +1316,24 @@ def _build(ctx: _Ctx, values: Mapping[str, object], name: str, path: Path | None
             oversized=cast(int | None, expect.get("oversized")),
             unknown_changes=cast(int | None, expect.get("unknown_changes")),
             pv_indirect=cast(int | None, expect.get("pv_indirect")),
+            stops=stops,
+            nmi=nmi,
         ),
         inspect=inspect,
+        scenario=scenario,
         lines=dict(lines),
     )
+
+
+def _scenario(ctx: _Ctx, values: Mapping[str, object]) -> Scenario | None:
+    section = cast(Mapping[str, object] | None, values.get("scenario"))
+    if not section:
+        return None   # absent, or empty like every other section
+    rules = cast(tuple[Rule, ...] | None, section.get("rules"))
+    if not rules:
+        raise ctx.fail(ctx.lines.get("scenario"), "scenario needs rules:, e.g. "
+                                                  "rules: [{on: text_poke_bp_batch, do: [inject-nmi]}]")
+    return Scenario(rules=rules, max_stops=_get(section, "max_stops", DEFAULT_MAX_STOPS))
 
 
 def _default_name(path: Path | None) -> str:
@@ -941,7 +1430,65 @@ def _expect_dict(expect: Expect) -> dict[str, object]:
         **({"sites": [_site_dict(a) for a in expect.sites]} if expect.sites else {}),
         **{k: v for k, v in (("oversized", expect.oversized), ("unknown_changes", expect.unknown_changes),
                              ("pv_indirect", expect.pv_indirect)) if v is not None},
+        # Scenario checks too appear only when used: they need a scenario: section.
+        **({"stops": [_stop_dict(s) for s in expect.stops]} if expect.stops else {}),
+        **({"nmi": expect.nmi if isinstance(expect.nmi, str) else list(expect.nmi)}
+           if expect.nmi is not None else {}),
     }
+
+
+def _stop_dict(stop: StopExpect) -> dict[str, object]:
+    return {"at": stop.at, "count": list(stop.count),
+            **({"caller": stop.caller.pattern} if stop.caller is not None else {})}
+
+
+def _expression_value(text: str) -> object:
+    """An expression for YAML: small constants as numbers, the rest (addresses included) as text."""
+    literal = parse_expression(text).literal
+    return literal if literal is not None and -4096 < literal < 4096 else text
+
+
+def _trigger_dict(trigger: Trigger) -> object:
+    if trigger.hit is None and not trigger.when:
+        return trigger.at
+    when: dict[str, object] = {}
+    for c in trigger.when:
+        if c.kind == "caller":
+            assert c.pattern is not None
+            when["caller"] = c.pattern.pattern
+        elif c.kind in ("addr_in", "pv_op"):
+            when[c.kind] = c.name
+        elif c.kind == "len":
+            when["len"] = _expression_value(c.value)
+        else:
+            regs = cast(dict[str, object], when.setdefault("regs", {}))
+            regs[c.name] = _expression_value(c.value)
+    return {"at": trigger.at, **({"hit": trigger.hit} if trigger.hit is not None else {}),
+            **({"when": when} if when else {})}
+
+
+def _action_value(a: Action) -> object:
+    if a.kind == "skip" and a.value is not None:
+        return {"skip": {"return": _expression_value(a.value)}}
+    if a.kind == "write":
+        assert a.at is not None
+        if a.data is not None:
+            return {"write": {"at": _expression_value(a.at), "bytes": a.data.hex(" ")}}
+        assert a.value is not None
+        return {"write": {"at": _expression_value(a.at), f"u{8 * (a.width or 8)}": _expression_value(a.value)}}
+    if a.kind == "set":
+        return {"set": {name: _expression_value(expr) for name, expr in a.registers}}
+    if a.kind == "dump":
+        assert a.at is not None
+        return {"dump": {"at": _expression_value(a.at), "len": a.length}}
+    if a.kind == "record" and a.names:
+        return {"record": [_expression_value(n) for n in a.names]}
+    return a.kind
+
+
+def _scenario_dict(scenario: Scenario) -> dict[str, object]:
+    return {"max_stops": scenario.max_stops,
+            "rules": [{"on": _trigger_dict(r.on), "do": [_action_value(a) for a in r.do]} for r in scenario.rules]}
 
 
 def _site_dict(a: SiteAssertion) -> dict[str, object]:
@@ -971,8 +1518,10 @@ def to_yaml_dict(config: Config) -> dict[str, object]:
         "timeout": config.timeout,
         "silence": config.silence,
         "expect": _expect_dict(config.expect),
-        **({"inspect": {"capture": list(config.inspect.captures), "tables": list(config.inspect.tables)}}
+        **({"inspect": {"capture": list(config.inspect.captures), "tables": list(config.inspect.tables),
+                        **({"trace": True} if config.inspect.trace else {})}}
            if config.inspect else {}),
+        **({"scenario": _scenario_dict(config.scenario)} if config.scenario is not None else {}),
     }
 
 
@@ -990,6 +1539,8 @@ def _node(ctx: _Ctx, value: object, depth: int = 0) -> yaml.Node:
         value = _expect_dict(value)
     elif isinstance(value, ConsoleExpect):
         value = _console_dict(value)
+    elif isinstance(value, Scenario):
+        value = _scenario_dict(value)
     elif isinstance(value, re.Pattern) and isinstance(value.pattern, str):
         value = value.pattern
     elif isinstance(value, Path):

@@ -813,3 +813,89 @@ if hypothesis is not None:
         assert parse_config(yaml.safe_dump(data), path) == c
         assert default_config(c.name, **{k: v for k, v in data.items() if k != "name"}) \
             == dataclasses.replace(c, path=None)
+
+
+# --------------------------------------------------------------------------- scenario (framework/scenario.py)
+#
+# The language itself is tested in test_scenario.py; here: the config around it.
+
+
+def test_docstring_schema_example_is_a_valid_config() -> None:
+    """The reference at the top of config.py parses (less the crash regex, which needs outcome panics)."""
+    import textwrap
+
+    import framework.config as config_module
+    assert config_module.__doc__ is not None
+    schema = config_module.__doc__.split("Schema (every key is optional)::\n", 1)[1].split("\nEXPR:", 1)[0]
+    text = re.sub(r"\n  crash:.*", "", textwrap.dedent(schema))
+    c = parse_config(text)
+    assert c.scenario is not None and [len(r.do) for r in c.scenario.rules] == [1, 8]
+    assert c.expect.nmi == "delivered" and len(c.expect.stops) == 1
+
+
+def test_scenario_lines_are_kept(cfg_path: Path) -> None:
+    text = ("name: nmi\nscenario:\n  rules:\n    - on: text_poke_bp_batch\n      do: [inject-nmi]\n"
+            "expect:\n  nmi: arrived\n")
+    c = parse_config(text, cfg_path)
+    assert (c.lines["scenario"], c.lines["scenario.rules[0]"], c.lines["scenario.rules[0].do[0]"],
+            c.lines["expect.nmi"]) == (2, 4, 5, 7)
+    assert c.scenario is not None and c.scenario.rules[0].line == 4
+
+
+def test_scenario_with_overrides_is_kept(cfg_path: Path) -> None:
+    c = parse_config("scenario:\n  rules: [{on: int3_magic, do: [record]}]\n", cfg_path)
+    assert with_overrides(c, timeout=30, modes="native").scenario == c.scenario
+
+
+SCENARIO_KEYS = ["scenario", "rules", "max_stops", "on", "do", "at", "hit", "when", "caller", "addr_in",
+                 "pv_op", "len", "regs", "rdi", "rax", "skip", "write", "set", "dump", "record", "inject-nmi",
+                 "continue", "return", "bytes", "u8", "u64", "expect", "stops", "count", "nmi"]
+SCENARIO_WORDS = ["text_poke_early", "text_poke_early+0x10", "int3_magic", "0xffffffff81000000", "paravirt_patch",
+                  "skip", "record", "inject-nmi", "continue", "write", "rdi + 9", "len - 1", "addr", "type", "eax",
+                  "irq.save_fl", "^apply_", "(", "90", "0f 1f", "zz", "delivered", "lost", "1", "0", "-1", "",
+                  "a\nb", "x\0"]
+
+
+def _scenario_value(rng: random.Random, depth: int = 0) -> object:
+    pick = rng.randrange(8 if depth < 5 else 4)
+    if pick == 0:
+        return rng.choice([None, True, 0, 1, 6, 200, -3, 2**70, 0.5])
+    if pick in (1, 2, 3):
+        return rng.choice(SCENARIO_WORDS)
+    if pick in (4, 5):
+        return [_scenario_value(rng, depth + 1) for _ in range(rng.randrange(4))]
+    return {rng.choice(SCENARIO_KEYS): _scenario_value(rng, depth + 1) for _ in range(rng.randrange(1, 4))}
+
+
+def _rule_like(rng: random.Random) -> dict[str, object]:
+    on: object = rng.choice(SCENARIO_WORDS[:5])
+    if rng.random() < 0.5:
+        on = {"at": on, **({"hit": rng.choice([1, 2, 0])} if rng.random() < 0.3 else {}),
+              "when": {rng.choice(["caller", "addr_in", "pv_op", "len", "regs"]): _scenario_value(rng, 3)}}
+    actions = [rng.choice(["skip", "record", "inject-nmi", "continue"]) if rng.random() < 0.5
+               else {rng.choice(["skip", "write", "set", "dump", "record"]): _scenario_value(rng, 3)}
+               for _ in range(rng.randrange(0, 4))]
+    return {"on": on, "do": actions}
+
+
+def test_random_scenarios_raise_only_config_error() -> None:
+    rng = random.Random(20250101)
+    path = Path("/nonexistent/fuzz.yaml")
+    accepted = 0
+    for i in range(3000):
+        if i % 2:
+            doc: dict[str, object] = {"scenario": {"rules": [_rule_like(rng) for _ in range(rng.randrange(1, 3))]}}
+            if rng.random() < 0.3:
+                doc["expect"] = {"nmi": rng.choice(["delivered", "lost", "arrived"])}
+        else:
+            doc = {rng.choice(["scenario", "expect"]): _scenario_value(rng)}
+        try:
+            c = parse_config(yaml.safe_dump(doc, allow_unicode=True), path)
+        except ConfigError as err:
+            assert "\n" not in str(err)
+            continue
+        accepted += 1
+        data = to_yaml_dict(c)
+        json.dumps(data)
+        assert parse_config(yaml.safe_dump(data), path) == c
+    assert accepted > 50   # the loop also exercises valid scenarios
