@@ -25,6 +25,7 @@ from .inspection import load_tables
 from .refs import DEFAULT_KERNEL, DebianRef, list_recipes, parse_ref
 from .report import junit, summary_line
 from .run import RunRequest, artifacts_dir, check_mode, check_saved, execute
+from .trace import Event
 from .verdict import judge
 from .vmlinux import TABLES
 
@@ -86,6 +87,22 @@ def build_parser() -> argparse.ArgumentParser:
     sites.add_argument("--accel", choices=("tcg", "kvm", "auto"), default="tcg")
     sites.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS, metavar="DIR")
 
+    trace = sub.add_parser("trace", help="boot once with every text write the kernel makes recorded, in order")
+    trace.add_argument("--kernel", default=DEFAULT_KERNEL, help="kernel reference (default: %(default)s)")
+    trace.add_argument("--mode", default="native", choices=("native", "xen-pv"))
+    trace.add_argument("--hypervisor", default=None, help="Xen for xen-pv (default: xen-4.17)")
+    trace.add_argument("--cmdline", action="append", default=[], metavar="ARGS")
+    trace.add_argument("--init-command", action="append", default=[], metavar="CMD",
+                       help="a shell command for /init after boot (repeatable), e.g. to trigger live patching")
+    trace.add_argument("--timeout", type=float, default=900.0, help="seconds (default: %(default)s)")
+    trace.add_argument("--accel", choices=("tcg", "kvm", "auto"), default="tcg")
+    trace.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS, metavar="DIR")
+    trace.add_argument("--json", action="store_true", help="one JSON object per write on stdout (JSON lines)")
+    trace.add_argument("--summary", action="store_true", help="only the counts and the self-check, no events")
+    trace.add_argument("--debugger", choices=("rsp", "gdb"), default="rsp",
+                       help="rsp: speak the remote protocol to QEMU's gdbstub (default, ~3x faster a stop); "
+                            "gdb: through GDB/MI")
+
     kernels = sub.add_parser("kernels", help="list or fetch kernels")
     ksub = kernels.add_subparsers(dest="kcommand", required=True, metavar="ACTION")
     ksub.add_parser("list", help="recipes in kernels/ and kernels prepared in the cache")
@@ -137,6 +154,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return cmd_boot(args)
     if args.command == "sites":
         return cmd_sites(args)
+    if args.command == "trace":
+        return cmd_trace(args)
     return cmd_kernels(args)
 
 
@@ -270,6 +289,36 @@ def cmd_sites(args: argparse.Namespace) -> int:
                           + (f" {item.get('before')} -> {item.get('after')}" if "before" in item else ""))
         for reason in result.get("reasons") or []:
             print(f"  - {reason}")
+    return EXIT_PASS if result.get("verdict") == "pass" else (EXIT_ERROR if result.get("verdict") == "error"
+                                                               else EXIT_FAIL)
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    cfg = default_config("trace", kernel=args.kernel, modes=(args.mode,), cmdline=tuple(args.cmdline),
+                         hypervisor=args.hypervisor, timeout=args.timeout,
+                         init_commands=tuple(args.init_command))
+    req = RunRequest(cfg, args.mode, artifacts_dir(args.artifacts, "trace", args.mode), accel=args.accel,
+                     trace=True, debugger=args.debugger)
+    result = execute(req, note_stderr).data
+    events = req.outdir / "trace.jsonl.gz"
+    if result.get("verdict") == "error" and not events.exists():
+        raise PatchscopeError(str(result.get("error")))
+    if not args.summary and events.exists():
+        with gzip.open(events, "rt") as fh:
+            for line in fh:
+                sys.stdout.write(line if args.json else Event.from_json(json.loads(line)).describe() + "\n")
+    summary = (result.get("sites") or {}).get("trace") or {}
+    out = sys.stderr if args.json else sys.stdout
+    print(f"{args.kernel} [{args.mode}]: {summary.get('events', 0)} text writes, "
+          f"{result.get('summary')}  ({req.outdir})", file=out)
+    for window, stages in (summary.get("counts") or {}).items():
+        print(f"  {window:<9} " + ", ".join(f"{k} {v}" for k, v in sorted(stages.items(), key=lambda x: -x[1])),
+              file=out)
+    check = summary.get("self_check") or {}
+    if check:
+        print(f"  {check.get('summary')}", file=out)
+    for reason in result.get("reasons") or []:
+        print(f"  - {reason}", file=out)
     return EXIT_PASS if result.get("verdict") == "pass" else (EXIT_ERROR if result.get("verdict") == "error"
                                                                else EXIT_FAIL)
 

@@ -183,6 +183,7 @@ class ConsoleThread(threading.Thread):
                  on_line: Callable[[float, str], None] | None = None) -> None:
         super().__init__(name="patchscope-console", daemon=True)
         self._read, self._log, self._t0 = read, log, started
+        self.started = started              # QEMU's launch, time.monotonic(): the clock of every line
         self._timeout, self._silence, self._exitcode = timeout, silence, exitcode
         self._on_line = on_line
         self._held = threading.Event()

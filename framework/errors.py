@@ -19,7 +19,6 @@ did not meet its expectation is not an exception: it is a verdict.
           │    └── QMPError         (qmp.py) QMP refused a command or the connection broke
           ├── GdbError              (gdb.py) GDB failed, refused a command, or lost the target
           │    └── GdbTimeout       a stop or an answer that did not come in time
-          └── CaptureError          (capture.py) the guest never reached a capture point
 
 Every error renders as one line (``str(err)``); details that help (the
 command, the last lines of output) are kept in attributes for reports.

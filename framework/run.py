@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, initramfs, machine, xen
-from .config import Config, to_yaml_dict
+from .config import Config, Inspect, to_yaml_dict
 from .console import ConsoleThread, Ending, LineSplitter, TimedLine, format_line, read_console_file
 from .debug import DebugSession
 from .errors import LaunchError, PatchscopeError, UnsupportedError
@@ -44,6 +44,8 @@ class RunRequest:
     interactive: bool = False
     gdb: bool = False             # interactive GDB on the terminal (boot --gdb); console to the log only
     stop_at: str | None = None    # with gdb: where GDB stops the guest first
+    trace: bool = False           # record every text write (patchscope trace), whatever the config says
+    debugger: str = "auto"        # auto | gdb | rsp: what drives the gdbstub (auto: rsp for traces and scenarios)
 
 
 @dataclass
@@ -112,12 +114,15 @@ def execute(req: RunRequest, note: Note) -> RunResult:
         hypervisor = prepare_xen(cfg, note) if req.mode == "xen-pv" else None
         if hypervisor is not None:
             data["hypervisor"] = hypervisor.identity()
-        inspection: Inspect | None = None
+        inspection: DebugStep | None = None
         if req.gdb:
             inspection = DebugSession(kernel.symbols, req.stop_at, out / "console.log")
-        elif cfg.inspect is not None and not req.interactive:
-            inspection = Inspection(kernel, cfg.inspect, out, note, timeout=cfg.timeout,
-                                    where=(cfg.path, cfg.lines.get("inspect.capture")))
+        elif (cfg.inspect is not None or cfg.scenario is not None or req.trace) and not req.interactive:
+            inspect = cfg.inspect or Inspect(captures=())   # a scenario or a trace alone compares no sites
+            inspection = Inspection(kernel, inspect, out, note, timeout=cfg.timeout,
+                                    where=(cfg.path, cfg.lines.get("inspect.capture")),
+                                    trace=req.trace or inspect.trace, scenario=cfg.scenario,
+                                    debugger=req.debugger)
         lines, ending = _boot(req, kernel, hypervisor, note, data, inspection)
         if hypervisor is not None:
             data["hypervisor"]["banner"] = xen.banner([text for _, text in lines])
@@ -127,6 +132,7 @@ def execute(req: RunRequest, note: Note) -> RunResult:
         reasons = list(verdict.reasons)
         if isinstance(inspection, Inspection):
             data["sites"] = inspection.result()
+            reasons += inspection.reasons(cfg.expect)
             if inspection.error:
                 reasons.insert(0, f"inspection: {inspection.error}")
         data.update(obs.to_json())
@@ -147,11 +153,11 @@ def execute(req: RunRequest, note: Note) -> RunResult:
 
 # What a GDB-driven inspection gets: the running QEMU (stopped at its first
 # instruction, gdbstub on m.gdb_socket), the console thread, and the machine.
-Inspect = Callable[[Qemu, ConsoleThread, machine.Machine], None]
+DebugStep = Callable[[Qemu, ConsoleThread, machine.Machine], None]
 
 
 def _boot(req: RunRequest, kernel: Kernel, hypervisor: xen.Hypervisor | None, note: Note,
-          data: dict[str, Any], inspect: Inspect | None = None) -> tuple[list[TimedLine], Ending]:
+          data: dict[str, Any], inspect: DebugStep | None = None) -> tuple[list[TimedLine], Ending]:
     cfg = req.config
     out = req.outdir
     initrd = _initramfs(cfg, out, req.interactive, note)

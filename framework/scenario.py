@@ -113,6 +113,8 @@ _SUBREGISTERS: Mapping[str, str] = {
 _PROTOTYPES: Mapping[str, tuple[tuple[str, int], ...]] = {
     "text_poke_early": (("addr", 64), ("opcode", 64), ("len", 64)),        # void *, const void *, size_t
     "text_poke": (("addr", 64), ("opcode", 64), ("len", 64)),
+    # where every text_poke() ends; text_poke_bp_batch() calls it directly (text_poke is inlined there)
+    "__text_poke": (("func", 64), ("addr", 64), ("opcode", 64), ("len", 64)),
     "text_poke_kgdb": (("addr", 64), ("opcode", 64), ("len", 64)),
     "text_poke_bp": (("addr", 64), ("opcode", 64), ("len", 64), ("emulate", 64)),
     "text_poke_bp_batch": (("tp", 64), ("nr", 32)),                         # unsigned int nr_entries
