@@ -11,7 +11,8 @@ write and a scenario rule at the same moment see the same stop:
     <return address>      after-patching capture; trace snapshot and self-check
     <symbol>              a capture at that function
     text_poke_early,      trace: one event (address, new bytes, old bytes read live, caller
-      __text_poke           *(u64 *)rsp; trace.TRACED); kept for the whole boot
+      __text_poke           *(u64 *)rsp; trace.TRACED); kept for the whole boot (__text_poke
+                            from the return of alternative_instructions on)
     scenario rules        conditions, then effects (registers, memory, inject-nmi, …)
     exc_nmi               after an inject-nmi: the NMI arrived (where it interrupted,
                             and whether ignore_nmis was set); removed at its hit
@@ -137,6 +138,7 @@ class Session:
         self.window = "early"
         self.rule_hits: dict[int, int] = {}
         self.rule_stops = 0             # every stop at a rule's breakpoint, matched or not (max_stops)
+        self.scenario_stops = 0         # stops at which a rule fired (StopRecord.n)
         self.pending_nmis: list[int] = []
         self._skippable: dict[int, bool] = {}
         self._rules_at: dict[int, list[int]] = {}
@@ -175,7 +177,8 @@ class Session:
         if self.opt.trace:
             self._arm(self._need(SNAPSHOT_START), "snapshot:start")
             for writer in TRACED:
-                self._arm(self._need(writer.name), f"trace:{writer.name}")
+                if not writer.live_only:
+                    self._arm(self._need(writer.name), f"trace:{writer.name}")
         if self.opt.scenario is not None:
             addresses = resolve(self.opt.scenario, self.symbols, self.opt.config_path, self.opt.pv_ops)
             for i, address in enumerate(addresses):
@@ -274,7 +277,9 @@ class Session:
         # resume
         if resume is not None:
             return
-        if any(label.startswith("trace:") for label in labels) and self._can_skip_entry(address):
+        # The entry is remembered, unless this very call is about to rewrite it.
+        own = event is not None and event.address < address + len(NOP5) and address < event.address + len(event.new)
+        if any(label.startswith("trace:") for label in labels) and self._can_skip_entry(address, remember=not own):
             self.dbg.set_register("rip", address + len(NOP5))
 
     # the trace -----------------------------------------------------------------------------
@@ -294,16 +299,17 @@ class Session:
         return Event(0, t, function, stage_of(resolved[0] if resolved else None), addr, old, new,
                      caller, self.symbols.format(caller), self.symbols.format(addr), self.window)
 
-    def _can_skip_entry(self, address: int) -> bool:
+    def _can_skip_entry(self, address: int, remember: bool = True) -> bool:
         """The traced writer's first instruction is a 5-byte NOP or a call to __fentry__ (a no-op at boot)."""
         known = self._skippable.get(address)
-        if known is None:
+        if known is None or not remember:
             head = self.dbg.read_memory(address, 5)
             fentry = self.symbols.address(FENTRY)
             call = head[0] == 0xE8 and fentry is not None and \
                 (address + 5 + int.from_bytes(head[1:5], "little", signed=True)) & (2**64 - 1) == fentry
             known = head == NOP5 or call
-            self._skippable[address] = known
+            if remember:
+                self._skippable[address] = known
         return known
 
     # captures and snapshots ----------------------------------------------------------------
@@ -350,6 +356,9 @@ class Session:
                 if self.opt.trace:
                     self._trace_snapshot("after-patching", read("after-patching").regions, "patching", t)
                     self.window = "live"
+                    for writer in TRACED:
+                        if writer.live_only:
+                            self._arm(self._need(writer.name), f"trace:{writer.name}")
             elif label.startswith("capture:"):
                 self._disarm(address, label)
                 name = label[8:]
@@ -375,6 +384,7 @@ class Session:
             pass
         resume: int | None = None
         self.rule_stops += 1
+        n = self.scenario_stops + 1     # this stop's number, should any rule fire (several rules: one stop)
         for i in rules:
             rule = scenario.rules[i]
             ctx = StopContext(registers=dict(regs), read=self.dbg.read_memory, symbols=self.symbols,
@@ -389,7 +399,7 @@ class Session:
             done: list[Effect] = []
             for action in rule.do:
                 for effect in effects(action, ctx):
-                    self._apply(effect, len(self.out.stops) + 1)
+                    self._apply(effect, n)
                     done.append(effect)
                     if isinstance(effect, SetRegister):
                         regs = {**regs, effect.name: effect.new}
@@ -398,7 +408,8 @@ class Session:
                 ctx = StopContext(registers=dict(regs), read=self.dbg.read_memory, symbols=self.symbols,
                                   pv_ops=self.opt.pv_ops, pv_sites=self.opt.pv_sites,
                                   function=ctx.function, caller=caller, path=self.opt.config_path)
-            record = StopRecord(n=len(self.out.stops) + 1, rule=i, at=rule.on.at, address=address, caller=caller,
+            self.scenario_stops = n
+            record = StopRecord(n=n, rule=i, at=rule.on.at, address=address, caller=caller,
                                 caller_symbol=self.symbols.format(caller) if caller is not None else None,
                                 hit=hit, effects=tuple(done), t=t)
             self.out.stops.append(record)
@@ -431,7 +442,9 @@ class Session:
             if early is not None:
                 self._arm(early, "nmi-early")
         elif isinstance(effect, Dump):
-            self.out.dumps.append((f"dump-{n}-{effect.address:x}.bin", effect.address, effect.data))
+            k = sum(1 for name, _, _ in self.out.dumps if name.startswith(f"dump-{n}-"))
+            self.out.dumps.append((f"dump-{n}-{effect.address:x}{f'-{k + 1}' if k else ''}.bin",
+                                   effect.address, effect.data))
 
     def _nmi_arrived(self, regs: Mapping[str, int]) -> None:
         if not self.pending_nmis:

@@ -5,13 +5,13 @@ Two sources make the trace:
 - **calls**: each call of a text-writing function seen at a breakpoint on its
   entry: ``text_poke_early(addr, opcode, len)`` for boot-time patching, and
   ``__text_poke(func, addr, src, len)``, where every ``text_poke()`` ends (a
-  tail call, so the caller seen is text_poke's), used by the int3-protected
-  live patching of ``text_poke_bp_batch``. An event has the address, the new
+  tail call, so the caller seen is text_poke's), from the end of boot-time
+  patching on: the int3-protected live patching of ``text_poke_bp_batch``. An event has the address, the new
   bytes, the bytes there before the write, and the caller (``*(u64 *)rsp``),
   which names the stage (``apply_paravirt`` → paravirt, ``ftrace_*`` → ftrace, …);
 - **bypass writes**: text changed without any such call: ``optimize_nops``
   rewriting NOP runs in place, ``alternatives_smp_unlock`` turning lock
-  prefixes into ``ds`` on one CPU (through an inlined copy of text_poke),
+  prefixes into ``ds`` on one CPU (through ``__text_poke``, not traced then),
   Xen PV's ``xen_start_kernel`` patching before ``start_kernel``. They are
   found where the live text differs from the model (the vmlinux plus every
   event so far): in the old bytes read at a call, and at each *snapshot* (the
@@ -50,11 +50,14 @@ class Writer:
     src: str
     len: str
     memset_with: str | None = None   # a register holding a function that means "fill with *src"
+    live_only: bool = False          # traced from the return of alternative_instructions() on
 
 
-# __text_poke(func, addr, src, len): func is text_poke_memcpy, or text_poke_memset (text_poke_set)
+# __text_poke(func, addr, src, len): func is text_poke_memcpy, or text_poke_memset (text_poke_set).
+# During boot its only caller is alternatives_smp_unlock() (lock -> ds, 8k one-byte writes, found
+# as bypass writes instead): under Xen PV each of its calls costs ~11 ms stopped at, ~90 s a boot.
 TRACED = (Writer("text_poke_early", "rdi", "rsi", "rdx"),
-          Writer("__text_poke", "rsi", "rdx", "rcx", memset_with="rdi"))
+          Writer("__text_poke", "rsi", "rdx", "rcx", memset_with="rdi", live_only=True))
 MEMSET = "text_poke_memset"
 # Snapshot points: the trace's model is compared with the live text at each.
 SNAPSHOT_START = "start_kernel"
