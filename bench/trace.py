@@ -8,11 +8,15 @@ Per mode (native, Xen PV dom0), interleaved rounds of:
   snapshots at start_kernel, alternative_instructions and its return), through
   the remote protocol spoken directly (rsp.py);
 
-and, with ``--gdb``, one traced boot through GDB/MI for comparison (slow: minutes).
+and, with ``--per-stop N``, the cost of one stop through each debugger side by
+side: a scenario that stops at the first N text_poke_early calls and records
+their arguments, run through GDB/MI and through the remote protocol (both
+step over the breakpoint: GDB by removing and re-inserting it, rsp.py with a
+single step), against the same boot without a debugger.
 Prints the medians of the time to the success marker and of the whole
 command, their ratios, the number of text writes recorded, and the cost per stop.
 
-    .venv/bin/python bench/trace.py [--rounds 2] [--mode native|xen-pv|both] [--gdb]
+    .venv/bin/python bench/trace.py [--rounds 2] [--mode native|xen-pv|both] [--per-stop 5000]
 """
 
 from __future__ import annotations
@@ -51,20 +55,45 @@ def plain(tmp: Path, mode: str, n: int) -> tuple[float, float]:
     return marker(json.loads((out / "bench-plain" / mode / "result.json").read_text())), wall
 
 
-def traced(tmp: Path, mode: str, n: int, debugger: str) -> tuple[float, float, dict[str, Any]]:
-    out = tmp / f"trace{n}-{debugger}"
-    wall, proc = patchscope("trace", "--mode", mode, "--summary", "--debugger", debugger, "--artifacts", str(out))
+def traced(tmp: Path, mode: str, n: int) -> tuple[float, float, dict[str, Any]]:
+    out = tmp / f"trace{n}"
+    wall, proc = patchscope("trace", "--mode", mode, "--summary", "--artifacts", str(out))
     result = json.loads((out / "trace" / mode / "result.json").read_text())
     if proc.returncode != 0:
         sys.exit(f"trace failed ({proc.returncode}): {proc.stdout}{proc.stderr}")
     return marker(result), wall, result["sites"]["trace"]
 
 
+def per_stop(tmp: Path, mode: str, stops: int) -> None:
+    """Seconds a stop costs through GDB/MI and through the remote protocol, side by side."""
+    from framework.config import load_config
+    from framework.run import RunRequest, execute
+
+    cfg_path = tmp / f"stops-{mode}.yaml"
+    cfg_path.write_text(f"name: bench-stops\nmode: {mode}\ntimeout: 900\nexpect: {{outcome: boots}}\n"
+                        f"scenario:\n  max_stops: {stops}\n  rules:\n    - on: text_poke_early\n"
+                        f"      do: [record]\n")
+    cfg = load_config(cfg_path)
+    times: dict[str, float] = {}
+    for debugger in ("rsp", "gdb"):
+        req = RunRequest(cfg, mode, tmp / f"stops-{debugger}", debugger=debugger)
+        data = execute(req, lambda _: None).data
+        if data["verdict"] == "error":
+            sys.exit(f"{debugger}: {data.get('error')}")
+        times[debugger] = marker(data)
+    base, _ = plain(tmp, mode, 100)
+    rsp, gdb = ((times[d] - base) / stops * 1000 for d in ("rsp", "gdb"))
+    print(f"[{mode}] {stops} stops at text_poke_early, stepped over: no debugger {base:.2f} s; "
+          f"remote protocol {times['rsp']:.2f} s ({rsp:.2f} ms a stop); GDB/MI {times['gdb']:.2f} s "
+          f"({gdb:.2f} ms a stop): GDB/MI costs {gdb / rsp:.1f}x a stop", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--mode", choices=("native", "xen-pv", "both"), default="both")
-    ap.add_argument("--gdb", action="store_true", help="also one traced boot through GDB/MI")
+    ap.add_argument("--per-stop", type=int, default=0, metavar="N",
+                    help="also the cost of N stops through GDB/MI and the remote protocol")
     args = ap.parse_args()
     modes = ["native", "xen-pv"] if args.mode == "both" else [args.mode]
     with tempfile.TemporaryDirectory(prefix="patchscope-bench-") as tmp_name:
@@ -75,24 +104,21 @@ def main() -> None:
             summary: dict[str, Any] = {}
             for n in range(args.rounds):
                 pm, pw = plain(tmp, mode, n)
-                tm, tw, summary = traced(tmp, mode, n, "rsp")
+                tm, tw, summary = traced(tmp, mode, n)
                 for key, value in zip(rows, (pm, pw, tm, tw)):
                     rows[key].append(value)
                 print(f"[{mode}] round {n + 1}: no debugger {pm:6.2f} s to marker, {pw:6.2f} s wall | "
                       f"traced {tm:6.2f} s to marker, {tw:6.2f} s wall, {summary['events']} writes, "
                       f"{summary['stops']} stops", flush=True)
             med = {k: statistics.median(v) for k, v in rows.items()}
-            per_stop = (med["tm"] - med["pm"]) / max(1, summary["stops"]) * 1000
+            ms_a_stop = (med["tm"] - med["pm"]) / max(1, summary["stops"]) * 1000
             print(f"[{mode}] medians: no debugger {med['pm']:.2f} s / {med['pw']:.2f} s; traced "
                   f"{med['tm']:.2f} s / {med['tw']:.2f} s; ratio to marker {med['tm'] / med['pm']:.1f}, "
                   f"whole command {med['tw'] / med['pw']:.1f}; {summary['events']} writes "
-                  f"({json.dumps(summary['counts'])}); {per_stop:.2f} ms a stop; "
+                  f"({json.dumps(summary['counts'])}); {ms_a_stop:.2f} ms a stop; "
                   f"self-check: {summary['self_check']['summary']}", flush=True)
-            if args.gdb:
-                gm, gw, gsum = traced(tmp, mode, 99, "gdb")
-                print(f"[{mode}] through GDB/MI: {gm:.2f} s to marker, {gw:.2f} s wall "
-                      f"({gm / med['tm']:.1f}x the direct protocol), {gsum['events']} writes; "
-                      f"{(gm - med['pm']) / max(1, gsum['stops']) * 1000:.2f} ms a stop", flush=True)
+            if args.per_stop:
+                per_stop(tmp, mode, args.per_stop)
 
 
 if __name__ == "__main__":

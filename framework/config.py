@@ -117,7 +117,7 @@ import os
 import re
 import stat
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TypeVar, cast
@@ -596,19 +596,24 @@ _SITE_CHECKS = ("insns", "insns_regex", "state", "count")
 _SITE_RULE: _Section  # defined below, after _Section
 
 
-def _site_assertions(ctx: _Ctx, node: yaml.Node, key: str) -> tuple[SiteAssertion, ...]:
-    if _is_null(node):
-        return ()
+def _mappings(ctx: _Ctx, node: yaml.Node, key: str, listing: str, example: str) -> Iterator[tuple[str, yaml.Node]]:
+    """``(key[i], item)`` of a list of mappings; the errors name the list or the item."""
     if not isinstance(node, yaml.SequenceNode) or node.tag != _SEQ:
-        raise ctx.fail(node, f"{key} must be a list of site assertions, e.g. "
-                             "[{table: paravirt, state: patched}], not " + _describe(node))
-    out: list[SiteAssertion] = []
+        raise ctx.fail(node, f"{key} must be a list {listing}, not {_describe(node)}")
     for index, item in enumerate(node.value):
         item_key = f"{key}[{index}]"
         ctx.note(item_key, item)
         if not isinstance(item, yaml.MappingNode) or item.tag != _MAP:
-            raise ctx.fail(item, f"{item_key} must be a mapping such as {{op: irq.save_fl, insns: "
-                                 f"'pushf; pop %rax'}}, not {_describe(item)}")
+            raise ctx.fail(item, f"{item_key} must be a mapping such as {example}, not {_describe(item)}")
+        yield item_key, item
+
+
+def _site_assertions(ctx: _Ctx, node: yaml.Node, key: str) -> tuple[SiteAssertion, ...]:
+    if _is_null(node):
+        return ()
+    out: list[SiteAssertion] = []
+    for item_key, item in _mappings(ctx, node, key, "of site assertions, e.g. [{table: paravirt, state: patched}]",
+                                    "{op: irq.save_fl, insns: 'pushf; pop %rax'}"):
         values = _read(ctx, item, _SITE_RULE, item_key + ".")
         checks = [c for c in _SITE_CHECKS if values.get(c) is not None]
         if len(checks) != 1:
@@ -1040,15 +1045,9 @@ def _stop_count(ctx: _Ctx, node: yaml.Node, key: str) -> tuple[int, int]:
 def _stop_expects(ctx: _Ctx, node: yaml.Node, key: str) -> tuple[StopExpect, ...]:
     if _is_null(node):
         return ()
-    if not isinstance(node, yaml.SequenceNode) or node.tag != _SEQ:
-        raise ctx.fail(node, f"{key} must be a list such as [{{at: int3_magic, count: 1}}], not {_describe(node)}")
     out: list[StopExpect] = []
-    for index, item in enumerate(node.value):
-        item_key = f"{key}[{index}]"
-        ctx.note(item_key, item)
-        if not isinstance(item, yaml.MappingNode) or item.tag != _MAP:
-            raise ctx.fail(item, f"{item_key} must be a mapping such as {{at: int3_magic, count: 1}}, "
-                                 f"not {_describe(item)}")
+    for item_key, item in _mappings(ctx, node, key, "such as [{at: int3_magic, count: 1}]",
+                                    "{at: int3_magic, count: 1}"):
         values = _read(ctx, item, _STOP_EXPECT, item_key + ".")
         if "at" not in values:
             raise ctx.fail(item, f"{item_key} needs at: (a rule's on, as written there)")

@@ -158,13 +158,18 @@ class Inspection:
             try:
                 self.outcome = session.run()
                 self.error = self.outcome.error
-                if self.outcome.ended not in ("guest-ended",):
-                    dbg.detach()   # resumes the guest
             except GdbError as err:
                 # The guest crashed, ended or hung mid-session; it is running (or
                 # gone): closing the debugger below lets it go on.
                 self.outcome = session.out
                 self.error = f"{err}"
+            try:
+                if dbg.connected:
+                    dbg.detach()   # resumes the guest
+            except GdbError as err:
+                # A guest that crashed or powered off may take QEMU (and the gdbstub) with it.
+                if self.outcome.ended not in ("crashed", "guest-ended", "marker", "timeout"):
+                    self.error = self.error or f"{err}"
             finally:
                 console.release()
         self.comparisons = comparisons_for(self.vmlinux, self.symbols, self.sites, self.outcome.captures,

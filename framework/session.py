@@ -143,6 +143,7 @@ class Session:
         self._skippable: dict[int, bool] = {}
         self._rules_at: dict[int, list[int]] = {}
         self._wanted = list(plan.captures)
+        self._marker_stop = False
 
     # breakpoints ---------------------------------------------------------------------------
     def _arm(self, address: int, label: str) -> None:
@@ -218,8 +219,6 @@ class Session:
         self._finish()
         return self.out
 
-    _marker_stop = False
-
     def _wait(self) -> Stop | None:
         while True:
             if self.console.fatal.is_set():
@@ -229,14 +228,21 @@ class Session:
                 self.out.ended = "guest-ended"
                 return None
             if self.console.marker.is_set():
-                stop = self.dbg.interrupt()
+                try:
+                    stop = self.dbg.interrupt()
+                except GdbError:          # /init powers off right after its marker: QEMU may be gone
+                    self.out.ended = "guest-ended"
+                    return None
                 if stop.reason == "breakpoint-hit" and stop.address in self.points:
                     return stop          # a breakpoint raced the marker: handle it first
                 self._marker_stop = True
                 return stop
             if time.monotonic() > self.deadline:
                 self.out.ended = "timeout"
-                self.dbg.interrupt()
+                try:
+                    self.dbg.interrupt()
+                except GdbError:
+                    pass
                 return None
             try:
                 return self.dbg.wait_stop(0.5)

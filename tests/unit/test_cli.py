@@ -129,3 +129,21 @@ def test_capture_at_an_unknown_symbol_is_refused_before_booting(tmp_path: Path) 
     assert error.startswith(f"{cfg}:3: inspect.capture:")
     assert "did you mean 'alternative_instructions'?" in error
     assert not (tmp_path / "out" / "nosym" / "native" / "qemu.cmdline").exists()   # nothing booted
+
+
+@pytest.mark.boot   # needs the real kernel's symbol table (fetched on first use); boots nothing
+def test_a_scenario_at_an_unknown_symbol_is_refused_before_booting(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, "nosym-rule", """
+scenario:
+  rules:
+    - on: apply_paravirt
+      do: [record]
+    - on: {at: text_poke_erly, hit: 2}
+      do: [inject-nmi]
+""")
+    res = patchscope("run", str(cfg), "--artifacts", str(tmp_path / "out"), "-q")
+    assert res.returncode == 2, res.stdout + res.stderr
+    error = result_json(tmp_path / "out", "nosym-rule")["error"]
+    assert error.startswith(f"{cfg}:8:"), error            # the line of the misspelt location
+    assert "text_poke_erly" in error and "did you mean 'text_poke_early'?" in error
+    assert not (tmp_path / "out" / "nosym-rule" / "native" / "qemu.cmdline").exists()   # nothing booted
