@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--json", action="store_true", help="one JSON object per write on stdout (JSON lines)")
     trace.add_argument("--summary", action="store_true", help="only the counts and the self-check, no events")
     trace.add_argument("--debugger", choices=("rsp", "gdb"), default="rsp",
-                       help="rsp: speak the remote protocol to QEMU's gdbstub (default, ~3x faster a stop); "
+                       help="rsp: speak the remote protocol to QEMU's gdbstub (default; a stop costs ~2.5x less than through GDB); "
                             "gdb: through GDB/MI")
 
     kernels = sub.add_parser("kernels", help="list or fetch kernels")
