@@ -125,6 +125,9 @@ def _machine_options(p: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     previous = signal.signal(signal.SIGTERM, _sigterm)
+    # Ctrl-C must stop QEMU and keep the artefacts even when patchscope was started with SIGINT
+    # ignored (a background job of a non-interactive shell inherits SIG_IGN, and Python keeps it).
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return _dispatch(args)
     except PatchscopeError as err:
@@ -139,6 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
 
 
 def _sigterm(signum: int, frame: FrameType | None) -> None:

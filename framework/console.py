@@ -110,13 +110,16 @@ def monitor(read: Callable[[float], bytes | None], log: TextIO, started: float, 
             timeout: float, silence: float, exitcode: Callable[[], int | None],
             on_line: Callable[[float, str], None] | None = None,
             held: Callable[[], bool] | None = None,
+            touched: Callable[[], float] | None = None,
             fatal: threading.Event | None = None,
             marker: threading.Event | None = None) -> tuple[list[TimedLine], Ending]:
     """Read the console until the run ends; returns every line and how it ended.
 
     ``read(t)`` returns bytes (b"" if none within t seconds) or None at EOF.
     Times are ``time.monotonic()`` based; ``started`` is QEMU's launch.
-    While ``held()`` is true (GDB holds the guest at a breakpoint) silence does not count.
+    While ``held()`` is true (GDB holds the guest at a breakpoint) silence does not count, and
+    ``touched()`` (when the debugger last stopped the guest) restarts it: a guest stopped
+    thousands of times, slowly, is busy, not hung.
     ``fatal`` and ``marker`` are set on the first fatal crash line and the success marker.
     """
     splitter = LineSplitter()
@@ -152,6 +155,8 @@ def monitor(read: Callable[[float], bytes | None], log: TextIO, started: float, 
         now = time.monotonic()
         if held is not None and held():
             last_output = now
+        if touched is not None:
+            last_output = max(last_output, touched())
         ends: list[tuple[float, EndReason]] = [(started + timeout, "timeout"),
                                                (last_output + silence, "silence")]
         if fatal_at is not None:
@@ -187,6 +192,7 @@ class ConsoleThread(threading.Thread):
         self._timeout, self._silence, self._exitcode = timeout, silence, exitcode
         self._on_line = on_line
         self._held = threading.Event()
+        self._touched = 0.0                 # when the debugger last stopped the guest (hold)
         self.marker = threading.Event()     # the success marker was printed
         self.fatal = threading.Event()      # a fatal crash line was printed
         self.finished = threading.Event()
@@ -196,6 +202,7 @@ class ConsoleThread(threading.Thread):
 
     def hold(self) -> None:
         self._held.set()
+        self._touched = time.monotonic()
 
     def release(self) -> None:
         self._held.clear()
@@ -203,7 +210,8 @@ class ConsoleThread(threading.Thread):
     def run(self) -> None:
         try:
             self.lines, self.ending = monitor(self._read, self._log, self._t0, on_line=self._on_line,
-                                              held=self._held.is_set, timeout=self._timeout,
+                                              held=self._held.is_set, touched=lambda: self._touched,
+                                              timeout=self._timeout,
                                               silence=self._silence, exitcode=self._exitcode,
                                               fatal=self.fatal, marker=self.marker)
         except BaseException as err:  # noqa: BLE001 - handed to the main thread

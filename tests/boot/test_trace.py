@@ -50,7 +50,9 @@ def check_trace(result: dict[str, Any], events: list[Event], mode: str) -> None:
     assert stages["paravirt"] == 3848
     assert stages["ftrace"] == 40521
     assert stages["smp_locks"] > 8000                 # lock -> ds on one CPU (8638 entries, padding aside)
-    assert stages["returns"] > 50000 and stages["alternatives"] > 4000
+    assert stages["returns"] > 50000
+    # Natively the ALT_NOT(X86_FEATURE_XENPV) alternatives are applied too; under Xen PV far fewer.
+    assert stages["alternatives"] > (4000 if mode == "native" else 1000)
     assert stages.get("unexplained", 0) == 0
     pv = [e for e in events if e.stage == "paravirt"]
     assert all(e.old[:2] == b"\xff\x15" and len(e.new) == 6 for e in pv)      # call *pv_ops -> direct call / NOPs

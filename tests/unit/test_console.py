@@ -90,3 +90,24 @@ def test_escape_sequences_reach_clean_line_whole() -> None:
     from framework.crashes import clean_line
     [line] = LineSplitter().feed(b"\x1b[31m[    1.0] Kernel panic\x1b[0m\r\n")
     assert clean_line(line) == "Kernel panic"
+
+
+def test_debugger_stops_keep_a_silent_guest_from_counting_as_hung() -> None:
+    """A guest the debugger keeps stopping (thousands of short stops, no output) is busy, not hung."""
+    start = time.monotonic()
+    stopped_at = {"t": start}
+
+    def read(timeout: float) -> bytes | None:
+        time.sleep(min(timeout, 0.05))
+        now = time.monotonic()
+        if now - start < 1.0:
+            stopped_at["t"] = now          # the session stopped the guest just now, and let it go
+            return b""
+        return b"" if now - start < 1.2 else None
+    _, ending = monitor(read, io.StringIO(), start, timeout=30, silence=0.3, exitcode=lambda: 0,
+                        held=lambda: False, touched=lambda: stopped_at["t"])
+    assert ending.reason == "exit"          # 1 s without output, silence 0.3 s: not a hang
+    # Without the stops, the same silence is a hang.
+    _, ending = monitor(lambda t: (time.sleep(min(t, 0.05)), b"")[1], io.StringIO(), time.monotonic(),
+                        timeout=30, silence=0.3, exitcode=lambda: 0, held=lambda: False)
+    assert ending.reason == "silence"
