@@ -40,7 +40,7 @@ from .machine import Machine
 from .qemu import Qemu
 from .rsp import Rsp
 from .scenario import Scenario, judge_scenario, resolve
-from .session import Debugger, Options, Outcome, Session
+from .session import Options, Outcome, Session
 from .sites import Capture, Comparison, compare
 from .trace import Explainer, Model, counts, write_jsonl
 from .vmlinux import Site, Symbols, Vmlinux
@@ -153,8 +153,10 @@ class Inspection:
                 symbols_elf = self.kernel.symbols or self.kernel.vmlinux
                 assert symbols_elf is not None
                 dbg.load_symbols(symbols_elf)
-            dbg.connect(machine.gdb_socket) if isinstance(dbg, Gdb) else dbg.connect()
-            session = Session(_as_debugger(dbg), console, self.symbols, plan, self._options(vm), self.note)
+                dbg.connect(machine.gdb_socket)
+            else:
+                dbg.connect()
+            session = Session(dbg, console, self.symbols, plan, self._options(vm), self.note)
             try:
                 self.outcome = session.run()
                 self.error = self.outcome.error
@@ -235,7 +237,3 @@ class Inspection:
                 data[key] = {"count": len(items), "first": items[:20]}
             out[name] = data
         return out
-
-
-def _as_debugger(dbg: Gdb | Rsp) -> Debugger:
-    return dbg

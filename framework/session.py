@@ -280,13 +280,14 @@ class Session:
         if "patching-entry" in labels or "after-patching" in labels or any(
                 label.startswith(("capture:", "snapshot:")) for label in labels):
             self._snapshot_points(address, labels, regs, t)
-        # resume
-        if resume is not None:
-            return
-        # The entry is remembered, unless this very call is about to rewrite it.
-        own = event is not None and event.address < address + len(NOP5) and address < event.address + len(event.new)
-        if any(label.startswith("trace:") for label in labels) and self._can_skip_entry(address, remember=not own):
+        # resume: past the traced writer's first instruction when that is a no-op
+        if resume is None and any(label.startswith("trace:") for label in labels) and self._can_skip_entry(address):
             self.dbg.set_register("rip", address + len(NOP5))
+        if event is not None:
+            # It is about to rewrite a traced writer's first instruction (its own, or another's): look again.
+            end = event.address + len(event.new)
+            for entry in [a for a in self._skippable if event.address < a + len(NOP5) and a < end]:
+                del self._skippable[entry]
 
     # the trace -----------------------------------------------------------------------------
     def _trace_call(self, function: str, regs: Mapping[str, int], t: float) -> Event:
@@ -300,22 +301,19 @@ class Session:
             new = self.dbg.read_memory(src, n) if n else b""
         caller = self.dbg.read_u64(regs["rsp"])
         resolved = self.symbols.resolve(caller)
-        for entry in [a for a in self._skippable if addr < a + len(NOP5) and a < addr + n]:
-            del self._skippable[entry]   # it writes a traced writer's first instruction: look again
         return Event(0, t, function, stage_of(resolved[0] if resolved else None), addr, old, new,
                      caller, self.symbols.format(caller), self.symbols.format(addr), self.window)
 
-    def _can_skip_entry(self, address: int, remember: bool = True) -> bool:
+    def _can_skip_entry(self, address: int) -> bool:
         """The traced writer's first instruction is a 5-byte NOP or a call to __fentry__ (a no-op at boot)."""
         known = self._skippable.get(address)
-        if known is None or not remember:
+        if known is None:
             head = self.dbg.read_memory(address, 5)
             fentry = self.symbols.address(FENTRY)
             call = head[0] == 0xE8 and fentry is not None and \
                 (address + 5 + int.from_bytes(head[1:5], "little", signed=True)) & (2**64 - 1) == fentry
             known = head == NOP5 or call
-            if remember:
-                self._skippable[address] = known
+            self._skippable[address] = known
         return known
 
     # captures and snapshots ----------------------------------------------------------------
@@ -411,9 +409,7 @@ class Session:
                         regs = {**regs, effect.name: effect.new}
                         if effect.name == "rip":
                             resume = effect.new
-                ctx = StopContext(registers=dict(regs), read=self.dbg.read_memory, symbols=self.symbols,
-                                  pv_ops=self.opt.pv_ops, pv_sites=self.opt.pv_sites,
-                                  function=ctx.function, caller=caller, path=self.opt.config_path)
+                ctx = replace(ctx, registers=dict(regs))   # the next action sees what this one set
             self.scenario_stops = n
             record = StopRecord(n=n, rule=i, at=rule.on.at, address=address, caller=caller,
                                 caller_symbol=self.symbols.format(caller) if caller is not None else None,
