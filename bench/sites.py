@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-STATIC = ("from framework.image import prepare_kernel; from framework.refs import parse_ref; "
-          "from framework.inspection import load_tables; "
+STATIC = ("from framework.kernel.image import prepare_kernel; from framework.kernel.refs import parse_ref; "
+          "from framework.observe.inspection import load_tables; "
           "k = prepare_kernel(parse_ref('debian-6.1')); v, s, t = load_tables(k, lambda m: None); "
           "print(sum(len(x) for x in t.values()))")
 

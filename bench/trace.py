@@ -67,7 +67,7 @@ def traced(tmp: Path, mode: str, n: int) -> tuple[float, float, dict[str, Any]]:
 def per_stop(tmp: Path, mode: str, stops: int) -> None:
     """Seconds a stop costs through GDB/MI and through the remote protocol, side by side."""
     from framework.config import load_config
-    from framework.run import RunRequest, execute
+    from framework.pipeline import RunRequest, execute
 
     cfg_path = tmp / f"stops-{mode}.yaml"
     cfg_path.write_text(f"name: bench-stops\nmode: {mode}\ntimeout: 900\nexpect: {{outcome: boots}}\n"

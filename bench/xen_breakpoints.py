@@ -44,12 +44,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from framework import initramfs, machine
-from framework.gdb import Gdb
-from framework.image import prepare_kernel
-from framework.qemu import Qemu, private_socket_dir
-from framework.refs import parse_ref
-from framework.xen import prepare_hypervisor
+from framework.debugger.mi import Gdb
+from framework.guest import initramfs
+from framework.kernel.image import prepare_kernel
+from framework.kernel.refs import parse_ref
+from framework.kernel.xen import prepare_hypervisor
+from framework.vm import machine
+from framework.vm.qemu import Qemu, private_socket_dir
 
 MARKER = initramfs.MARKER_DONE.encode()
 BOOT_TIMEOUT = 240.0

@@ -17,17 +17,17 @@ from types import FrameType
 from typing import Any
 
 from . import __version__
+from .analysis.trace import Event
 from .config import Config, default_config, load_config, with_overrides
+from .domain import DEFAULT_KERNEL, TABLES
 from .errors import PatchscopeError
-from .fetch import note_stderr
-from .image import Kernel, cached_kernels, prepare_kernel
-from .inspection import load_tables
-from .refs import DEFAULT_KERNEL, DebianRef, list_recipes, parse_ref
-from .report import junit, summary_line
-from .run import RunRequest, artifacts_dir, check_mode, check_saved, execute
-from .trace import Event
+from .kernel.fetch import note_stderr
+from .kernel.image import Kernel, cached_kernels, prepare_kernel
+from .kernel.refs import DebianRef, list_recipes, parse_ref
+from .observe.inspection import load_tables
+from .pipeline import RunRequest, artifacts_dir, check_mode, check_saved, execute
+from .report.files import junit, summary_line
 from .verdict import judge
-from .vmlinux import TABLES
 
 EXIT_PASS, EXIT_FAIL, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_ARTIFACTS = Path("patchscope-out")

@@ -20,7 +20,7 @@ import pytest
 
 from .config import Config, load_config, with_overrides
 from .errors import ConfigError, PatchscopeError
-from .run import RunRequest, artifacts_dir, check_mode, execute
+from .pipeline import RunRequest, artifacts_dir, check_mode, execute
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -5,14 +5,13 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
 
+from .analysis.crashes import clean_line
+from .analysis.observation import Observation
+from .analysis.sites import Comparison, SiteState, insns_text, normalize_insns
 from .config import Expect, SiteAssertion
-from .crashes import clean_line
-from .observe import Observation
-from .sites import Comparison, SiteState, insns_text, normalize_insns
+from .domain import VerdictName
 
-VerdictName = Literal["pass", "fail", "error"]
 MAX_REASONS = 30
 
 

@@ -1,7 +1,7 @@
 """Record real debugger sessions as fixtures: ``python -m tests.record_sessions [NAME ...]``.
 
 Runs each named config (default: every one in ``NAMES``) through the real
-pipeline (``framework.run.execute``, natively) with ``framework.inspection.Session``
+pipeline (``framework.pipeline.execute``, natively) with ``framework.observe.inspection.Session``
 replaced by a subclass that records, in order, every call the session makes:
 
 * to the debugger (``Rsp``): method, arguments, and the result or the exception;
@@ -49,15 +49,15 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import framework.inspection
-from framework.capture import Plan
+import framework.observe.inspection
 from framework.config import load_config
-from framework.console import ConsoleThread
-from framework.gdb import Breakpoint, GdbError, GdbTimeout, Stop
-from framework.run import RunRequest, execute
+from framework.debugger.mi import Breakpoint, GdbError, GdbTimeout, Stop
+from framework.elf.vmlinux import Section, Symbols
+from framework.observe.capture import Plan
+from framework.observe.console import ConsoleThread
+from framework.observe.session import Debugger, Options, Outcome, Session
+from framework.pipeline import RunRequest, execute
 from framework.scenario import judge_scenario
-from framework.session import Debugger, Options, Outcome, Session
-from framework.vmlinux import Section, Symbols
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -363,14 +363,14 @@ def record(name: str, keep: int = KEEP) -> Path:
     config_path = REPO / "configs" / f"{name}.yaml"
     cfg = load_config(config_path)
     RECORDERS.clear()
-    original = framework.inspection.Session  # type: ignore[attr-defined]
-    framework.inspection.Session = RecordingSession  # type: ignore[attr-defined]
+    original = framework.observe.inspection.Session  # type: ignore[attr-defined]
+    framework.observe.inspection.Session = RecordingSession  # type: ignore[attr-defined]
     try:
         with tempfile.TemporaryDirectory(prefix="patchscope-record-") as tmp:
             result = execute(RunRequest(cfg, MODE, Path(tmp) / name / MODE),
                              lambda text: print(f"  {text}", file=sys.stderr))
     finally:
-        framework.inspection.Session = original  # type: ignore[attr-defined]
+        framework.observe.inspection.Session = original  # type: ignore[attr-defined]
     if len(RECORDERS) != 1:
         raise SystemExit(f"{name}: expected one session, got {len(RECORDERS)}: {result.data.get('reasons')}")
     rec, syms, options, plan = RECORDERS[0]

@@ -19,7 +19,7 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-from framework.trace import Event
+from framework.analysis.trace import Event
 
 BOOT_WINDOWS = ("early", "setup", "patching")
 

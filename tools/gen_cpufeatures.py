@@ -1,4 +1,4 @@
-"""Regenerate the X86_FEATURE/X86_BUG table in ``framework/cpufeatures.py``.
+"""Regenerate the X86_FEATURE/X86_BUG table in ``framework/elf/cpufeatures.py``.
 
 The table is data taken from the kernel's ``arch/x86/include/asm/cpufeatures.h``
 (the numbers and names only). Get Debian's exact 6.1 header with::
@@ -13,7 +13,7 @@ then run::
         --source "Debian linux-source-6.1 6.1.192-2"
 
 It rewrites the block between the ``# BEGIN GENERATED`` and ``# END GENERATED``
-lines of ``framework/cpufeatures.py`` and nothing else. Definitions inside
+lines of ``framework/elf/cpufeatures.py`` and nothing else. Definitions inside
 ``#ifdef CONFIG_X86_32`` are left out (patchscope looks at x86-64 kernels only).
 """
 

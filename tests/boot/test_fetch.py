@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from framework import initramfs
+from framework.guest import initramfs
 
 pytestmark = pytest.mark.boot
 

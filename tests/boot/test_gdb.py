@@ -1,4 +1,4 @@
-"""framework.gdb against real GDB, real QEMU (TCG) and the real Debian 6.1 kernel.
+"""framework.debugger.mi against real GDB, real QEMU (TCG) and the real Debian 6.1 kernel.
 
 QEMU starts halted (``-S``) with its gdbstub on a unix socket in a private
 directory; nothing here listens on TCP. The kernel has no initramfs: it panics
@@ -26,11 +26,11 @@ import pytest
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
-from framework.gdb import Gdb, GdbError, GdbTimeout, Stop
-from framework.image import Kernel, prepare_kernel
-from framework.machine import DEFAULT_CPU, DEFAULT_MEMORY_MIB, Machine, kernel_cmdline, qemu_argv
-from framework.qemu import Qemu, private_socket_dir
-from framework.refs import parse_ref
+from framework.debugger.mi import Gdb, GdbError, GdbTimeout, Stop
+from framework.kernel.image import Kernel, prepare_kernel
+from framework.kernel.refs import parse_ref
+from framework.vm.machine import DEFAULT_CPU, DEFAULT_MEMORY_MIB, Machine, kernel_cmdline, qemu_argv
+from framework.vm.qemu import Qemu, private_socket_dir
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.boot

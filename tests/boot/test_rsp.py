@@ -1,4 +1,4 @@
-"""framework.rsp against real QEMU (TCG) and the real Debian 6.1 kernel, without GDB.
+"""framework.debugger.rsp against real QEMU (TCG) and the real Debian 6.1 kernel, without GDB.
 
 QEMU starts halted (``-S``) with its gdbstub on a unix socket in a private
 directory (nothing listens on TCP), with the generated initramfs, so a guest
@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from framework import initramfs
-from framework.gdb import GdbError, GdbTimeout
-from framework.image import Kernel, prepare_kernel
-from framework.machine import DEFAULT_CPU, DEFAULT_MEMORY_MIB, Machine, kernel_cmdline, qemu_argv
-from framework.qemu import Qemu, private_socket_dir
-from framework.refs import parse_ref
-from framework.rsp import Rsp
-from framework.vmlinux import Symbols, Vmlinux
+from framework.debugger.mi import GdbError, GdbTimeout
+from framework.debugger.rsp import Rsp
+from framework.elf.vmlinux import Symbols, Vmlinux
+from framework.guest import initramfs
+from framework.kernel.image import Kernel, prepare_kernel
+from framework.kernel.refs import parse_ref
+from framework.vm.machine import DEFAULT_CPU, DEFAULT_MEMORY_MIB, Machine, kernel_cmdline, qemu_argv
+from framework.vm.qemu import Qemu, private_socket_dir
 
 pytestmark = pytest.mark.boot
 

@@ -16,10 +16,10 @@ pytestmark = pytest.mark.boot
 
 LAUNCH = r'''
 import sys, time
-from framework.image import prepare_kernel
-from framework.machine import Machine, kernel_cmdline, qemu_argv
-from framework.qemu import Qemu, private_socket_dir
-from framework.refs import parse_ref
+from framework.kernel.image import prepare_kernel
+from framework.vm.machine import Machine, kernel_cmdline, qemu_argv
+from framework.vm.qemu import Qemu, private_socket_dir
+from framework.kernel.refs import parse_ref
 kernel = prepare_kernel(parse_ref("debian-6.1"))
 d = private_socket_dir()
 m = Machine(mode="native", kernel=kernel.bzimage, initrd=None, cmdline=kernel_cmdline(),

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from framework.trace import Event
+from framework.analysis.trace import Event
 from tests.conftest import patchscope, result_json
 from tests.trace_digest import DIGESTS, digest
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from framework import btf
-from framework.btf import Btf, pv_op_names
+from framework.elf import btf
+from framework.elf.btf import Btf, pv_op_names
+from framework.elf.vmlinux import Vmlinux
 from framework.errors import ImageError
-from framework.vmlinux import Vmlinux
 from tests.unit.elfasm import BtfWriter, build_elf, incbin, sample_pv_btf
 
 DEBIAN = Path("/root/.cache/patchscope/kernels/linux-image-6.1.0-56-amd64_6.1.192-2_amd64")

@@ -6,7 +6,8 @@ import io
 import time
 from collections.abc import Iterator
 
-from framework.console import LineSplitter, format_line, monitor, parse_log
+from framework.analysis.console_log import LineSplitter, format_line, parse_log
+from framework.observe.console import monitor
 
 
 def test_splitter_handles_crlf_partial_and_junk() -> None:
@@ -87,7 +88,7 @@ def test_monitor_times_out() -> None:
 
 
 def test_escape_sequences_reach_clean_line_whole() -> None:
-    from framework.crashes import clean_line
+    from framework.analysis.crashes import clean_line
     [line] = LineSplitter().feed(b"\x1b[31m[    1.0] Kernel panic\x1b[0m\r\n")
     assert clean_line(line) == "Kernel panic"
 

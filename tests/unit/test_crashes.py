@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from framework.crashes import (
+from framework.analysis.crashes import (
     MAX_LINE_CHARS,
     MAX_REPORT_LINES,
     PATTERNS,

@@ -1,4 +1,4 @@
-"""framework.gdb without GDB: the MI parser, the one dispatch point, and the process layer
+"""framework.debugger.mi without GDB: the MI parser, the one dispatch point, and the process layer
 against tiny fake GDBs, one of which replays real sessions recorded in tests/data/gdb/.
 
 The recordings are transcripts written by real sessions (tests/boot/test_gdb.py; rerun
@@ -20,9 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from framework import gdb as gdbmod
-from framework.errors import InfrastructureError, ToolMissingError
-from framework.gdb import (
+from framework.debugger import mi as gdbmod
+from framework.debugger.mi import (
     Breakpoint,
     Gdb,
     GdbError,
@@ -40,6 +39,7 @@ from framework.gdb import (
     replay,
     transcript_received,
 )
+from framework.errors import InfrastructureError, ToolMissingError
 from tests.boot.test_gdb import scenario_disconnect, scenario_stops
 from tests.conftest import REPO
 

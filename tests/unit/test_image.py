@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from framework.errors import ImageError
-from framework.fetch import deb_extract, deb_members
-from framework.image import extract_vmlinux, read_setup_header
+from framework.kernel.fetch import deb_extract, deb_members
+from framework.kernel.image import extract_vmlinux, read_setup_header
 
 ELF = b"\x7fELF\x02\x01\x01" + b"\0" * 57
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from framework import initramfs
-from framework.initramfs import Entry, newc
+from framework.guest import initramfs
+from framework.guest.initramfs import Entry, newc
 
 needs_cpio = pytest.mark.skipif(shutil.which("cpio") is None, reason="cpio not installed")
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from framework import machine
+from framework.vm import machine
 
 
 def _native(**kw: object) -> machine.Machine:
@@ -80,7 +80,7 @@ def test_xen_pv_without_initramfs_and_bad_module_paths() -> None:
 
 
 def test_boot_gdb_stops_with_a_one_shot_breakpoint() -> None:
-    from framework.debug import gdb_argv
+    from framework.observe.debug import gdb_argv
     argv = gdb_argv(Path("/k/vmlinux.syms"), Path("/s/gdb.sock"), "xen_start_kernel", hardware=False)
     assert argv[argv.index("target remote /s/gdb.sock") - 1] == "-ex"
     assert "tbreak xen_start_kernel" in argv and "break xen_start_kernel" not in argv

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from framework.config import load_config
-from framework.report import read_result
-from framework.run import check_saved
+from framework.pipeline import check_saved
+from framework.report.files import read_result
 from framework.verdict import judge
 
 RUNS = sorted(p for p in (Path(__file__).resolve().parents[1] / "data" / "runs").iterdir()

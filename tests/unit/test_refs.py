@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from framework.errors import ConfigError, KernelRefError
-from framework.refs import DebianRef, PathRef, list_recipes, load_recipe, parse_ref
+from framework.kernel.refs import DebianRef, PathRef, list_recipes, load_recipe, parse_ref
 
 REPO_KERNELS = Path(__file__).resolve().parents[2] / "kernels"
 

@@ -6,7 +6,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from framework.report import junit, summary_line
+from framework.report.files import junit, summary_line
 
 RESULTS: list[dict[str, Any]] = [
     {"name": "boot-native", "mode": "native", "verdict": "pass", "duration_s": 6.1,

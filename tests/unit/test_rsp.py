@@ -1,4 +1,4 @@
-"""framework.rsp without QEMU: the pure protocol helpers, and ``Rsp`` against a fake gdbstub.
+"""framework.debugger.rsp without QEMU: the pure protocol helpers, and ``Rsp`` against a fake gdbstub.
 
 The fake (``FakeStub``) is a thread serving a unix socket in ``tmp_path``. It speaks
 the protocol as QEMU 7.2's gdbstub does (acks on, ``QStartNoAckMode`` answered
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from framework import rsp as rspmod
-from framework.gdb import GdbError, GdbTimeout, Stop
-from framework.rsp import (
+from framework.debugger import rsp as rspmod
+from framework.debugger.mi import GdbError, GdbTimeout, Stop
+from framework.debugger.rsp import (
     Frame,
     Register,
     RegisterLayout,

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from framework.config import Config, Expect, parse_config, to_yaml_dict
+from framework.elf.vmlinux import Symbols
 from framework.errors import ConfigError
 from framework.scenario import (
     SIGNATURES,
@@ -50,7 +51,6 @@ from framework.scenario import (
     parse_location,
     resolve,
 )
-from framework.vmlinux import Symbols
 
 SYMBOLS = Symbols.from_dict({
     "native_flush_tlb_local": 0xFFFFFFFF8108A2B0,

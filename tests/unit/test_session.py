@@ -30,9 +30,12 @@ from typing import Any
 
 import pytest
 
-from framework.capture import Plan
+from framework.analysis.trace import Explainer, Model
 from framework.config import Config, parse_config
-from framework.gdb import Breakpoint, GdbError, GdbTimeout, Stop
+from framework.debugger.mi import Breakpoint, GdbError, GdbTimeout, Stop
+from framework.elf.vmlinux import Section, Symbols
+from framework.observe.capture import Plan
+from framework.observe.session import NOP5, REGISTERS, Options, Outcome, Session
 from framework.scenario import (
     Dump,
     InjectNmi,
@@ -47,9 +50,6 @@ from framework.scenario import (
     judge_scenario,
     matches,
 )
-from framework.session import NOP5, REGISTERS, Options, Outcome, Session
-from framework.trace import Explainer, Model
-from framework.vmlinux import Section, Symbols
 from tests.record_sessions import (
     FLAGS,
     SESSIONS,

@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from framework.config import CAPTURE_POINTS, Expect, Inspect, SiteAssertion, parse_config, to_yaml_dict
-from framework.console import Ending
+from framework.analysis.console_log import Ending
+from framework.analysis.observation import Observation, observe
+from framework.analysis.sites import Comparison, Oversize, SiteState, State, TextChange, disassemble
+from framework.config import Expect, Inspect, SiteAssertion, parse_config, to_yaml_dict
+from framework.domain import CAPTURE_POINTS, TABLES
+from framework.elf.vmlinux import Site, Symbols
 from framework.errors import ConfigError
-from framework.observe import Observation, observe
-from framework.sites import Comparison, Oversize, SiteState, State, TextChange, disassemble
 from framework.verdict import MAX_SITES_NAMED, judge, judge_sites
-from framework.vmlinux import TABLES, Site, Symbols
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = 0xFFFFFFFF81000000

@@ -1,4 +1,4 @@
-"""framework.sites: objdump-style disassembly, byte diffs, captures, and the site/text comparison.
+"""framework.analysis.sites: objdump-style disassembly, byte diffs, captures, and the site/text comparison.
 
 Everything here is pure: byte strings written out by hand (with the encoding
 spelled in a comment), ``Site`` objects built directly, and a fake 256-byte
@@ -12,7 +12,7 @@ import random
 
 import pytest
 
-from framework.sites import (
+from framework.analysis.sites import (
     STATES,
     Capture,
     Comparison,
@@ -26,7 +26,7 @@ from framework.sites import (
     insns_text,
     normalize_insns,
 )
-from framework.vmlinux import Site, Symbols
+from framework.elf.vmlinux import Site, Symbols
 
 BASE = 0xFFFFFFFF81000000
 MASK = (1 << 64) - 1

@@ -6,8 +6,8 @@ import io
 import json
 from dataclasses import replace
 
-from framework.trace import Event, Explainer, Model, counts, diff_runs, stage_of, write_jsonl
-from framework.vmlinux import Site, Symbols
+from framework.analysis.trace import Event, Explainer, Model, counts, diff_runs, stage_of, write_jsonl
+from framework.elf.vmlinux import Site, Symbols
 
 BASE = 0xFFFFFFFF81000000
 

@@ -17,9 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from framework import cpufeatures
-from framework.errors import ImageError, UnsupportedError
-from framework.vmlinux import (
+from framework.elf import cpufeatures
+from framework.elf.vmlinux import (
     LAYOUTS,
     TABLES,
     Section,
@@ -32,6 +31,7 @@ from framework.vmlinux import (
     kernel_version,
     layout_for,
 )
+from framework.errors import ImageError, UnsupportedError
 from tests.unit.elfasm import OWN_STATIC_CALL_SECTION_LDS, build_elf, incbin, sample_pv_btf
 
 DEBIAN = Path("/root/.cache/patchscope/kernels/linux-image-6.1.0-56-amd64_6.1.192-2_amd64")

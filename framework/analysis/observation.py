@@ -1,0 +1,76 @@
+"""What happened in a run, from its console lines and how the monitor stopped. Pure.
+
+    outcome   boots    the success marker (or, without patchscope's /init, a power-off) and no fatal crash
+              panics   a fatal crash: a kernel panic, a Xen dom0/hypervisor crash, or a reset
+                       (QEMU exited with neither a power-off nor a panic: triple fault or reboot)
+              hangs    the timeout, or no console output for ``silence`` seconds, with no fatal crash
+              unknown  the run was interrupted before any of the above
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..domain import ObservedOutcome
+from . import crashes, stages
+from .console_log import Ending, TimedLine, texts
+from .crashes import Crash
+from .stages import Stage
+
+Outcome = ObservedOutcome
+
+
+@dataclass(frozen=True)
+class Observation:
+    outcome: Outcome
+    crashes: tuple[Crash, ...]
+    stages: tuple[Stage, ...]
+    ending: Ending
+    last_stage: str
+    summary: str                  # one line for humans
+    lines: tuple[str, ...]        # console text, without host times
+
+    @property
+    def title(self) -> str | None:
+        first = crashes.primary(self.crashes)
+        return first.title if first else None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "outcome": self.outcome, "summary": self.summary, "title": self.title,
+            "last_stage": self.last_stage,
+            "crashes": [c.to_json() for c in self.crashes],
+            "stages": [s.to_json() for s in self.stages],
+            "ending": self.ending.to_json(),
+        }
+
+
+def observe(lines: Sequence[TimedLine], ending: Ending) -> Observation:
+    text = texts(lines)
+    found = list(crashes.find_crashes(text))
+    reached = stages.find_stages(lines)
+    last = stages.last_stage(reached)
+    done = stages.reached(reached, "init-done")
+    powered_off = stages.reached(reached, "power-off")
+    fatal = [c for c in found if c.fatal]
+    if not fatal and not done and not powered_off and ending.reason == "exit":
+        found.append(crashes.reset_crash(last, len(text)))
+        fatal = found[-1:]
+    outcome: Outcome
+    if fatal:
+        outcome = "panics"
+        summary = f"panicked after '{last}': {crashes.primary(found).title}"  # type: ignore[union-attr]
+    elif done or powered_off:
+        outcome = "boots"
+        t = next((s.t for s in reached if s.name in ("init-done", "power-off")), None)
+        summary = f"booted to '{last}'" + (f" in {t:.1f} s" if t is not None else "")
+    elif ending.reason in ("timeout", "silence"):
+        outcome = "hangs"
+        why = (f"no console output for {ending.silence:.0f} s" if ending.reason == "silence"
+               else f"timeout after {ending.t:.0f} s")
+        summary = f"hung after '{last}': {why}"
+    else:
+        outcome = "unknown"
+        summary = f"ended ({ending.reason}) after '{last}' with no outcome"
+    return Observation(outcome, tuple(found), tuple(reached), ending, last, summary, tuple(text))

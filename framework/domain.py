@@ -1,0 +1,44 @@
+"""The domain's words, defined once: modes, accelerators, debuggers, outcomes, verdicts, tables, states.
+
+Every module that speaks of one of these imports it from here; nothing here
+imports anything, so the lightest module (a config check, a report reader)
+can use them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+# A progress note for the user (stderr in the CLI, nothing under -q).
+Note = Callable[[str], None]
+
+Mode = Literal["native", "xen-pv"]
+MODES: tuple[Mode, ...] = ("native", "xen-pv")
+
+Accel = Literal["tcg", "kvm", "auto"]
+ACCELS: tuple[Accel, ...] = ("tcg", "kvm", "auto")
+
+# What drives QEMU's gdbstub: GDB over MI, or patchscope's own remote-protocol client.
+DebuggerKind = Literal["auto", "gdb", "rsp"]
+DEBUGGERS: tuple[DebuggerKind, ...] = ("auto", "gdb", "rsp")
+
+# What a config may expect, and what a run may be observed to do (unknown: interrupted first).
+Outcome = Literal["boots", "panics", "hangs"]
+OUTCOMES: tuple[Outcome, ...] = ("boots", "panics", "hangs")
+ObservedOutcome = Literal["boots", "panics", "hangs", "unknown"]
+
+VerdictName = Literal["pass", "fail", "error"]
+
+# The patch-site tables, named as the kernel's mechanisms are.
+TABLES = ("paravirt", "alternatives", "retpolines", "returns", "smp_locks", "jump_labels", "static_calls", "ftrace")
+
+# A site's state in a capture.
+SiteStateName = Literal["unchanged", "patched", "freed", "unread"]
+SITE_STATES: tuple[SiteStateName, ...] = ("unchanged", "patched", "freed", "unread")
+
+# Where an inspection may capture the text, besides any kernel function.
+CAPTURE_POINTS = ("before-patching", "after-patching", "booted")
+
+DEFAULT_KERNEL = "debian-6.1"
+DEFAULT_HYPERVISOR = "xen-4.17"

@@ -1,0 +1,200 @@
+"""Downloads through the host's apt sources, and the cache they land in.
+
+The cache (``$PATCHSCOPE_CACHE`` or ``~/.cache/patchscope``) holds::
+
+    debs/<package>_<version>_<arch>.deb    what apt-get download fetched
+    kernels/<key>/                         unpacked, prepared kernels (see image.py)
+    locks/<key>.lock                       flock(2) locks; concurrent runs wait, never race
+
+Entries are built in a temporary directory beside their final place and
+renamed into it, so a crash never leaves a half-written entry behind.
+No root is needed: .deb files are read here in Python (ar + tar), not by dpkg.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from ..errors import FetchError, ImageError, ToolMissingError
+from .refs import DebianRef
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("PATCHSCOPE_CACHE")
+    path = Path(env) if env else Path.home() / ".cache" / "patchscope"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def locked(name: str, note: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold the cache lock ``name`` (an flock on locks/<name>.lock)."""
+    lockdir = cache_dir() / "locks"
+    lockdir.mkdir(exist_ok=True)
+    with open(lockdir / f"{name}.lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if note:
+                note(f"waiting for another patchscope process to finish preparing {name}")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def building(final: Path) -> Iterator[Path]:
+    """A temporary directory renamed to ``final`` when the block succeeds."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_meta(path: Path, meta: Mapping[str, object]) -> None:
+    """A cache entry's metadata file; written last, so its presence marks a complete entry."""
+    path.write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ImageError(f"{path}: unreadable cache entry ({err}); delete {path.parent} and retry") from err
+    if not isinstance(meta, dict):
+        raise ImageError(f"{path}: unreadable cache entry; delete {path.parent} and retry")
+    return meta
+
+
+def deb_file_version(deb: Path) -> str | None:
+    """The version in a .deb's file name (<package>_<version>_<arch>.deb), epoch restored."""
+    parts = deb.stem.split("_")
+    return parts[1].replace("%3a", ":") if len(parts) >= 2 else None
+
+
+def safe_key(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", text)
+
+
+def apt_download(ref: DebianRef, note: Callable[[str], None] | None = None) -> Path:
+    """The .deb for ``ref`` in the cache, downloading it with apt-get when missing."""
+    debs = cache_dir() / "debs"
+    debs.mkdir(exist_ok=True)
+    pattern = f"{ref.package}_{_deb_version(ref.version) if ref.version else '*'}_*.deb"
+    with locked(safe_key(f"deb-{ref.package}-{ref.version}"), note):
+        found = sorted(debs.glob(pattern))
+        if found and ref.version:
+            return found[-1]
+        if shutil.which("apt-get") is None:
+            raise ToolMissingError("apt-get", "apt")
+        spec = f"{ref.package}={ref.version}" if ref.version else ref.package
+        if note:
+            note(f"downloading {spec} with apt-get download")
+        with tempfile.TemporaryDirectory(dir=debs) as tmp:
+            cmd = ["apt-get", "download", "-q", spec]
+            proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                                  check=False)
+            got = sorted(Path(tmp).glob("*.deb"))
+            if proc.returncode != 0 or not got:
+                raise FetchError(_apt_failure(spec, proc.stderr or proc.stdout), cmd, proc.stderr)
+            dest = debs / got[0].name
+            got[0].rename(dest)
+            return dest
+
+
+def _deb_version(version: str) -> str:
+    """Debian file names drop the epoch's colon: 1:1.35 -> 1%3a1.35."""
+    return version.replace(":", "%3a")
+
+
+def _apt_failure(spec: str, stderr: str) -> str:
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.startswith("E:")]
+    why = lines[0] if lines else (stderr.strip().splitlines() or ["no output"])[-1]
+    hint = "check the name and version with 'apt-cache policy " + spec.split("=")[0] + "'"
+    if "Unable to locate" in why or "not found" in why:
+        hint += "; if the package lists are empty, run 'apt-get update' (as root) first"
+    return f"apt-get download {spec} failed: {why}; {hint}"
+
+
+# --- reading .deb files (ar archive: debian-binary, control.tar.*, data.tar.*) ---
+
+def deb_members(deb: Path) -> dict[str, bytes]:
+    """The top-level members of a .deb (an ar archive), by name."""
+    try:
+        data = deb.read_bytes()
+    except OSError as err:
+        raise ImageError(f"{deb}: cannot read: {err.strerror}") from err
+    if not data.startswith(b"!<arch>\n"):
+        raise ImageError(f"{deb}: not a Debian package (no ar header); delete it and fetch again")
+    members: dict[str, bytes] = {}
+    pos = 8
+    while pos + 60 <= len(data):
+        header = data[pos:pos + 60]
+        name = header[:16].decode("ascii", "replace").strip().rstrip("/")
+        try:
+            size = int(header[48:58].decode("ascii").strip())
+        except ValueError as err:
+            raise ImageError(f"{deb}: corrupt ar header at byte {pos}; delete it and fetch again") from err
+        members[name] = data[pos + 60:pos + 60 + size]
+        pos += 60 + size + (size & 1)
+    return members
+
+
+def deb_extract(deb: Path, wanted: Callable[[str], str | None], dest: Path) -> dict[str, Path]:
+    """Extract the regular files of ``deb``'s data.tar for which ``wanted(name)``
+    gives a target name; returns target name -> path. Symlinks are followed within the archive."""
+    members = deb_members(deb)
+    data_name = next((n for n in members if n.startswith("data.tar")), None)
+    if data_name is None:
+        raise ImageError(f"{deb}: no data.tar member; delete it and fetch again")
+    out: dict[str, Path] = {}
+    links: dict[str, str] = {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(members[data_name]), mode="r:*") as tar:
+            for info in tar:
+                name = info.name.removeprefix("./")
+                target = wanted(name)
+                if target is None:
+                    continue
+                if info.issym():
+                    links[target] = os.path.normpath(os.path.join(os.path.dirname(name), info.linkname))
+                    continue
+                fh = tar.extractfile(info)
+                if fh is None:
+                    continue
+                path = dest / target
+                path.write_bytes(fh.read())
+                os.chmod(path, 0o755 if info.mode & 0o111 else 0o644)
+                out[target] = path
+    except (tarfile.TarError, EOFError, OSError) as err:
+        raise ImageError(f"{deb}: corrupt package data ({err}); delete it and fetch again") from err
+    for target, linkname in links.items():
+        if target not in out:
+            raise ImageError(f"{deb}: {target} is a link to {linkname}, which the package does not hold")
+    return out
+
+
+def note_stderr(message: str) -> None:
+    """Default progress sink: one line on stderr."""
+    print(f"patchscope: {message}", file=sys.stderr, flush=True)

@@ -1,0 +1,239 @@
+"""A run's debugger step: tables from the vmlinux, a session (captures, trace, scenario), comparisons, reports.
+
+``Inspection`` is built before QEMU starts (reading the tables costs about a
+second and fails early on a layout that does not fit); its ``__call__`` is
+the run pipeline's inspection step. Artefacts it writes::
+
+    gdb.mi.log                      the full GDB/MI transcript
+    sites-<capture>.jsonl.gz        one site a line: table, address, symbol, length, original,
+                                    state, live, live_insns, op / feature
+    sites.json                      per capture: counts per table and state, unknown changes,
+                                    over-sized patches, pv sites still indirect; notes
+    trace.jsonl.gz                  (traced runs) every text write, in order (trace.Event)
+    trace.json                      (traced runs) counts per window and stage, the self-check
+    scenario.jsonl                  (scenarios) every scenario stop with the effects applied, then
+                                    the fate of every injected NMI
+    dump-<stop>-<address>.bin       (scenarios) memory dumped by a `dump` action
+
+Plain inspections talk GDB/MI; traced runs and scenarios, which stop the guest
+thousands of times, speak the remote protocol to QEMU's gdbstub directly
+(rsp.py): about 0.8 ms a stop against 2.3 ms through GDB (bench/trace.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import gzip
+import json
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from ..analysis.sites import Capture, Comparison, compare
+from ..analysis.trace import Explainer, Model, counts, write_jsonl
+from ..config import Expect, Inspect
+from ..debugger.mi import Gdb, GdbError
+from ..debugger.rsp import Rsp
+from ..domain import CAPTURE_POINTS, Note
+from ..elf.vmlinux import Site, Symbols, Vmlinux
+from ..errors import ConfigError, ImageError
+from ..kernel.image import Kernel
+from ..scenario import Scenario, judge_scenario, resolve
+from ..vm.machine import Machine
+from ..vm.qemu import Qemu
+from .capture import Plan, text_regions
+from .console import ConsoleThread
+from .session import Options, Outcome, Session
+
+# arch/x86/include/asm/static_call.h (6.1): a trampoline is "jmp rel32" or "ret; int3…",
+# 5 bytes, then a ud1 signature that is never rewritten.
+STATIC_CALL_TRAMP_SIZE = 5
+
+
+def load_tables(kernel: Kernel, note: Note) -> tuple[Vmlinux, Symbols, dict[str, list[Site]]]:
+    """The vmlinux, its symbols, and every table's sites (all tables: any of them explains a change)."""
+    if kernel.vmlinux is None:
+        raise ImageError(f"{kernel.ref}: no vmlinux could be taken from the image; "
+                         "give one with path:<bzImage>,vmlinux=<file>")
+    t0 = time.monotonic()
+    symbols = Symbols.from_elf(kernel.symbols) if kernel.symbols else None
+    vmlinux = Vmlinux(kernel.vmlinux, symbols, kernel.release)
+    sites = vmlinux.all_sites()
+    note(f"read {sum(len(s) for s in sites.values())} patch sites from {len(sites)} tables "
+         f"in {time.monotonic() - t0:.1f} s")
+    return vmlinux, symbols or Symbols.from_elf(kernel.vmlinux), sites
+
+
+def comparisons_for(vmlinux: Vmlinux, symbols: Symbols, sites: Mapping[str, list[Site]],
+                    captures: Mapping[str, Capture], report_tables: Sequence[str]) -> dict[str, Comparison]:
+    pv_ops = vmlinux.pv_ops_address()
+    pv_targets = ({s.address: pv_ops + 8 * s.slot for s in sites.get("paravirt", []) if s.slot is not None}
+                  if pv_ops is not None else {})
+    # Static-call trampolines (__SCT__<name>: a 5-byte jmp, or ret when the
+    # call is off) are rewritten by static_call_update(): known, not table sites.
+    known = [(address, address + STATIC_CALL_TRAMP_SIZE) for _, address in symbols.with_prefix("__SCT__")]
+    # Only the reported tables are compared site by site; every other table's
+    # sites still count as known for the whole-text checks.
+    known += [(s.address, s.address + s.length) for table, found in sites.items()
+              if table not in report_tables for s in found]
+    reported = {table: sites[table] for table in report_tables if table in sites}
+    out: dict[str, Comparison] = {}
+    for name, cap in captures.items():
+        elf = {start: vmlinux.read(start, len(data)) for start, data in cap.regions.items()}
+        comparison = compare(reported, cap, elf, symbols, pv_targets, extra_known=known)
+        out[name] = dataclasses.replace(comparison, notes=tuple(vmlinux.notes))
+    return out
+
+
+class Inspection:
+    """The inspection step of one run."""
+
+    def __init__(self, kernel: Kernel, inspect: Inspect, outdir: Path, note: Note, *, timeout: float,
+                 where: tuple[Path | None, int | None] = (None, None), trace: bool = False,
+                 scenario: Scenario | None = None, debugger: str = "auto") -> None:
+        self.kernel = kernel
+        self.debugger = debugger
+        self.trace = trace
+        self.scenario = scenario
+        self.config_path = where[0]
+        self.inspect = inspect
+        self.outdir = outdir
+        self.note = note
+        self.vmlinux, self.symbols, self.sites = load_tables(kernel, note)
+        for name in inspect.captures:
+            if name not in CAPTURE_POINTS and self.symbols.address(name) is None:
+                # Names sharing the first letters: cheap to search, and where typos are.
+                candidates = [n for n, _ in self.symbols.with_prefix(name[:3])]
+                close = difflib.get_close_matches(name, candidates, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ConfigError(where[0], where[1], f"inspect.capture: {kernel.ref} has no symbol {name!r}"
+                                  f"{hint}; capture at before-patching, after-patching, booted or a function")
+        pv = self.sites.get("paravirt", [])
+        self.pv_ops = {s.slot: s.op for s in pv if s.slot is not None and s.op}
+        self.pv_sites = {s.address: s.slot for s in pv if s.slot is not None}
+        if scenario is not None:
+            # every location, symbol and pv op of the scenario, checked before anything boots
+            resolve(scenario, self.symbols, self.config_path, self.pv_ops)
+        addresses = [s.address for table in self.sites.values() for s in table]
+        begin, end = self.symbols.address("__init_begin"), self.symbols.address("__init_end")
+        self.plan = Plan(inspect.captures, text_regions(self.vmlinux, addresses), False, timeout,
+                         (begin, end) if begin is not None and end is not None else None)
+        self.comparisons: dict[str, Comparison] = {}
+        self.error: str | None = None
+        self.outcome = Outcome()
+
+    def _options(self, vm: Qemu) -> Options:
+        model = None
+        if self.trace:
+            elf = {sec.address: self.vmlinux.read(sec.address, sec.size) for sec in self.plan.regions}
+            model = Model(elf, Explainer(self.sites, self.symbols), self.symbols)
+
+        def inject_nmi() -> None:
+            qmp = vm.connect_qmp()
+            if qmp is None:
+                raise GdbError("inject-nmi", message="QEMU is gone")
+            qmp.command("inject-nmi")
+
+        return Options(trace=self.trace, scenario=self.scenario, config_path=self.config_path,
+                       pv_ops=self.pv_ops, pv_sites=self.pv_sites,
+                       inject_nmi=inject_nmi, model=model)
+
+    def __call__(self, vm: Qemu, console: ConsoleThread, machine: Machine) -> None:
+        assert machine.gdb_socket is not None
+        # Under KVM software breakpoints would write int3 into the text being compared.
+        plan = dataclasses.replace(self.plan, hardware=machine.accel == "kvm")
+        dbg: Gdb | Rsp
+        if self.debugger == "rsp" or (self.debugger == "auto" and (self.trace or self.scenario is not None)):
+            dbg = Rsp(machine.gdb_socket, self.outdir / "rsp.log")
+        else:
+            dbg = Gdb(self.outdir / "gdb.mi.log")
+        with dbg:
+            if isinstance(dbg, Gdb):
+                symbols_elf = self.kernel.symbols or self.kernel.vmlinux
+                assert symbols_elf is not None
+                dbg.load_symbols(symbols_elf)
+                dbg.connect(machine.gdb_socket)
+            else:
+                dbg.connect()
+            session = Session(dbg, console, self.symbols, plan, self._options(vm), self.note)
+            try:
+                self.outcome = session.run()
+                self.error = self.outcome.error
+            except GdbError as err:
+                # The guest crashed, ended or hung mid-session; it is running (or
+                # gone): closing the debugger below lets it go on.
+                self.outcome = session.out
+                self.error = f"{err}"
+            try:
+                if dbg.connected:
+                    dbg.detach()   # resumes the guest
+            except GdbError as err:
+                # A guest that crashed or powered off may take QEMU (and the gdbstub) with it.
+                if self.outcome.ended not in ("crashed", "guest-ended", "marker", "timeout"):
+                    self.error = self.error or f"{err}"
+            finally:
+                console.release()
+        self.comparisons = comparisons_for(self.vmlinux, self.symbols, self.sites, self.outcome.captures,
+                                           self.inspect.tables)
+        self.write()
+
+    def write(self) -> None:
+        summary: dict[str, object] = {}
+        for name, comparison in self.comparisons.items():
+            with gzip.open(self.outdir / f"sites-{name}.jsonl.gz", "wt", compresslevel=1) as fh:
+                for states in comparison.sites.values():
+                    for st in states:
+                        fh.write(json.dumps(st.to_json()) + "\n")
+            summary[name] = comparison.to_json(with_sites=False)
+        (self.outdir / "sites.json").write_text(json.dumps(
+            {"captures": summary, "error": self.error}, indent=1) + "\n")
+        out = self.outcome
+        if self.trace:
+            with gzip.open(self.outdir / "trace.jsonl.gz", "wt", compresslevel=1) as fh:
+                write_jsonl(out.events, fh)
+            (self.outdir / "trace.json").write_text(json.dumps(self.trace_summary(), indent=1) + "\n")
+        if self.scenario is not None:
+            with open(self.outdir / "scenario.jsonl", "w", encoding="utf-8") as fh:
+                fh.writelines(json.dumps(stop.to_json(self.symbols)) + "\n" for stop in out.stops)
+                fh.writelines(json.dumps(nmi.to_json()) + "\n" for nmi in out.nmis)
+        for name, _address, data in out.dumps:
+            (self.outdir / name).write_bytes(data)
+
+    def trace_summary(self) -> dict[str, object]:
+        out = self.outcome
+        check = out.model.check.to_json() if out.model is not None else None
+        return {"events": len(out.events), "stops": out.stop_count, "ended": out.ended,
+                "counts": counts(out.events), "self_check": check}
+
+    def scenario_summary(self) -> dict[str, object]:
+        out = self.outcome
+        return {"stops": len(out.stops), "bound_reached": out.bound_reached,
+                "nmis": [n.to_json() for n in out.nmis], "first": [s.to_json() for s in out.stops[:20]]}
+
+    def reasons(self, expect: Expect) -> list[str]:
+        """Why the trace's self-check or the scenario's expectations fail; [] when they hold."""
+        out: list[str] = []
+        model = self.outcome.model
+        if self.trace and model is not None and model.check.snapshots and not model.check.passed:
+            out.append(f"trace {model.check.summary()}")
+        if self.scenario is not None:
+            out += judge_scenario(expect, self.scenario, self.outcome.stops, self.outcome.nmis,
+                                  self.outcome.bound_reached)
+        return out
+
+    def result(self) -> dict[str, object]:
+        """What result.json keeps: per capture, counts and the whole-text findings (capped)."""
+        out: dict[str, object] = {"error": self.error, "captures": list(self.comparisons)}
+        if self.trace:
+            out["trace"] = self.trace_summary()
+        if self.scenario is not None:
+            out["scenario"] = self.scenario_summary()
+        for name, comparison in self.comparisons.items():
+            data = comparison.to_json(with_sites=False)
+            for key in ("unknown_changes", "oversized", "pv_indirect"):
+                items = data[key]
+                assert isinstance(items, list)
+                data[key] = {"count": len(items), "first": items[:20]}
+            out[name] = data
+        return out
