@@ -57,7 +57,7 @@ from framework.observe.capture import Plan
 from framework.observe.console import ConsoleThread
 from framework.observe.session import Debugger, Options, Outcome, Session
 from framework.pipeline import RunRequest, execute
-from framework.scenario import judge_scenario
+from framework.verdict import judge_scenario
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent

@@ -39,7 +39,8 @@ from ..domain import CAPTURE_POINTS, Note
 from ..elf.vmlinux import Site, Symbols, Vmlinux
 from ..errors import ConfigError, ImageError
 from ..kernel.image import Kernel
-from ..scenario import Scenario, judge_scenario, resolve
+from ..scenario import Scenario, resolve
+from ..verdict import judge_scenario
 from ..vm.machine import Machine
 from ..vm.qemu import Qemu
 from .capture import Plan, text_regions

@@ -6,7 +6,7 @@ places a breakpoint at each rule's location; at every stop there it builds a
 :class:`StopContext` and asks this module whether the rule matches
 (:func:`matches`) and what each action does (:func:`effects`). It applies the
 primitive effects, logs them as :class:`StopRecord` s and :class:`NmiRecord` s,
-and :func:`judge_scenario` turns that log into verdict reasons.
+and :func:`framework.verdict.judge_scenario` turns that log into verdict reasons.
 
 Expressions (``EXPR`` in the config) are integers (decimal or ``0x`` hex),
 register names (``rax`` … ``r15``, ``rip``, ``rsp``, ``eflags``), argument
@@ -30,13 +30,9 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..elf.vmlinux import Symbols
 from ..errors import ConfigError
-
-if TYPE_CHECKING:
-    from ..config import Expect
 
 __all__ = [
     "ACTIONS",
@@ -67,11 +63,9 @@ __all__ = [
     "WriteMemory",
     "arguments",
     "effect_json",
-    "effective_nmi",
     "effects",
     "evaluate",
     "function_of",
-    "judge_scenario",
     "literal_text",
     "location",
     "matches",
@@ -756,106 +750,3 @@ class NmiRecord:
 
     def to_json(self) -> dict[str, object]:
         return {"nmi": self.state, "stop": self.stop, "where": self.where}
-
-
-def effective_nmi(expect: Expect, scenario: Scenario | None) -> str | tuple[str, ...] | None:
-    """``expect.nmi``, or ``delivered`` when the scenario injects an NMI and the config does not say.
-
-    A string applies to every injected NMI; a tuple names each one, in the order they were injected.
-    """
-    if expect.nmi is not None:
-        return expect.nmi
-    return "delivered" if scenario is not None and scenario.injects_nmi() else None
-
-
-def _nmi_meets(state: str, wanted: str) -> bool:
-    return state == wanted or (wanted == "arrived" and state != "lost")
-
-
-def _nmi_fate(nmi: NmiRecord) -> str:
-    where = nmi.where or "an unknown place"
-    if nmi.state == "lost":
-        return "lost: nothing reached exc_nmi"
-    if nmi.state == "ignored":
-        return f"ignored: it reached exc_nmi in {where} while NMIs were ignored"
-    if nmi.state == "early":
-        return f"early: it arrived in {where} before trap_init(), and the early exception handler dropped it"
-    return f"{nmi.state}: it interrupted {where}"
-
-
-MAX_NAMED = 20
-
-
-def _listing(items: Sequence[str]) -> str:
-    more = f", … {len(items) - MAX_NAMED} more" if len(items) > MAX_NAMED else ""
-    return ", ".join(items[:MAX_NAMED]) + more
-
-
-def _stops(n: int) -> str:
-    return f"{n} stop" if n == 1 else f"{n} stops"
-
-
-def _bounds(count: tuple[int, int]) -> str:
-    low, high = count
-    if low == high:
-        return str(low)
-    return f"at least {low}" if high >= MAX_STOPS else f"{low}..{high}"
-
-
-def judge_scenario(expect: Expect, scenario: Scenario, stops: Sequence[StopRecord], nmis: Sequence[NmiRecord],
-                   bound_reached: bool) -> list[str]:
-    """Reasons the scenario's log does not meet ``expect`` (stops, NMIs) or is incomplete; [] when it does."""
-    reasons: list[str] = []
-    for se in expect.stops:
-        where = f"expect.stops (line {se.line}) at {se.at}" if se.line is not None else f"expect.stops at {se.at}"
-        there: dict[int, StopRecord] = {}
-        for s in stops:
-            if s.at == se.at:
-                there.setdefault(s.n, s)     # several rules firing at one stop count once
-        low, high = se.count
-        if not low <= len(there) <= high:
-            seen = "; ".join(f"stop {s.n} from {s.caller_symbol or 'an unknown caller'}"
-                             for s in list(there.values())[:MAX_NAMED])
-            more = f"; … {len(there) - MAX_NAMED} more" if len(there) > MAX_NAMED else ""
-            reasons.append(f"{where}: {_stops(len(there))}, expected {_bounds(se.count)}"
-                           + (f": {seen}{more}" if there else ""))
-        if se.caller is not None:
-            bad = [s for s in there.values() if s.caller_symbol is None or not se.caller.search(s.caller_symbol)]
-            if bad:
-                reasons.append(f"{where}: {len(bad)} of {_stops(len(there))} from a caller not matching "
-                               f"/{se.caller.pattern}/: "
-                               + _listing([f"stop {s.n} from {s.caller_symbol or 'an unknown caller'}" for s in bad]))
-    reasons += _judge_nmis(expect, scenario, nmis)
-    if bound_reached:
-        reasons.append(f"the scenario stopped after max_stops={scenario.max_stops} stops; raise scenario.max_stops")
-    fired = {s.rule for s in stops}
-    for index, rule in enumerate(scenario.rules):
-        if rule.on.hit is not None and index not in fired:
-            reasons.append(f"{rule.describe(index)} never fired")
-    return reasons
-
-
-def _judge_nmis(expect: Expect, scenario: Scenario, nmis: Sequence[NmiRecord]) -> list[str]:
-    wanted = effective_nmi(expect, scenario)
-    if wanted is None:
-        return []
-    reasons: list[str] = []
-    ordered = sorted(nmis, key=lambda nmi: nmi.stop)      # injection order (stable for one stop)
-    never = [r.describe(i) for i, r in enumerate(scenario.rules) if any(a.kind == "inject-nmi" for a in r.do)]
-    if isinstance(wanted, tuple):
-        if len(wanted) != len(ordered):
-            at = f" (at stops {', '.join(str(n.stop) for n in ordered)})" if ordered else \
-                f": {_listing(never)} never fired"
-            reasons.append(f"expect.nmi lists {len(wanted)} NMIs ({', '.join(wanted)}), but "
-                           f"{len(ordered)} {'was' if len(ordered) == 1 else 'were'} injected{at}")
-        for i, (nmi, want) in enumerate(zip(ordered, wanted)):
-            if not _nmi_meets(nmi.state, want):
-                reasons.append(f"NMI {i + 1} (injected at stop {nmi.stop}) was {_nmi_fate(nmi)}; expected {want}")
-        return reasons
-    default = "" if expect.nmi is not None else " (the default when a scenario injects one; set expect.nmi)"
-    for nmi in ordered:
-        if not _nmi_meets(nmi.state, wanted):
-            reasons.append(f"NMI injected at stop {nmi.stop} was {_nmi_fate(nmi)}; expected {wanted}{default}")
-    if expect.nmi is not None and not ordered:
-        reasons.append(f"expect.nmi is {expect.nmi}, but no NMI was injected: {_listing(never)} never fired")
-    return reasons

@@ -39,11 +39,9 @@ from framework.scenario import (
     WriteMemory,
     arguments,
     effect_json,
-    effective_nmi,
     effects,
     evaluate,
     function_of,
-    judge_scenario,
     location,
     matches,
     name_problem,
@@ -51,6 +49,7 @@ from framework.scenario import (
     parse_location,
     resolve,
 )
+from framework.verdict import effective_nmi, judge_scenario
 
 SYMBOLS = Symbols.from_dict({
     "native_flush_tlb_local": 0xFFFFFFFF8108A2B0,

@@ -47,9 +47,9 @@ from framework.scenario import (
     effect_json,
     effects,
     function_of,
-    judge_scenario,
     matches,
 )
+from framework.verdict import judge_scenario
 from tests.record_sessions import (
     FLAGS,
     SESSIONS,
