@@ -186,9 +186,8 @@ def boot(s: Setup, v: Variant, work: Path) -> Result:
         console = Console(vm)
         console.start()
         if v.gdb:
-            with Gdb(work / f"gdb-{v.name}.log") as g:
-                g.load_symbols(s.symbols)
-                g.connect(sockdir / "gdb.sock", alive=vm.alive)
+            with Gdb(sockdir / "gdb.sock", work / f"gdb-{v.name}.log", s.symbols, alive=vm.alive) as g:
+                g.connect()
                 for cmd in v.settings:
                     g.console(cmd)
                 bps = [g.break_at(resolve(g, loc), hardware=hw, temporary=v.temporary) for loc, hw in v.breaks]

@@ -17,8 +17,8 @@ did not meet its expectation is not an exception: it is a verdict.
           ├── FetchError            apt-get download / package extraction failed
           ├── LaunchError           QEMU did not start, or died before the guest ran
           │    └── QMPError         (qmp.py) QMP refused a command or the connection broke
-          ├── GdbError              (gdb.py) GDB failed, refused a command, or lost the target
-          │    └── GdbTimeout       a stop or an answer that did not come in time
+          └── DebuggerError         (debugger/contract.py) a debugger failed, was refused, or lost the target
+               └── DebuggerTimeout  a stop or an answer that did not come in time
 
 Every error renders as one line (``str(err)``); details that help (the
 command, the last lines of output) are kept in attributes for reports.

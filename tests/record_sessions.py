@@ -51,11 +51,11 @@ from typing import Any
 
 import framework.observe.inspection
 from framework.config import load_config
-from framework.debugger.mi import Breakpoint, GdbError, GdbTimeout, Stop
+from framework.debugger.contract import Breakpoint, Debugger, DebuggerError, DebuggerTimeout, Stop
 from framework.elf.vmlinux import Section, Symbols
 from framework.observe.capture import Plan
 from framework.observe.console import ConsoleThread
-from framework.observe.session import Debugger, Options, Outcome, Session
+from framework.observe.session import Options, Outcome, Session
 from framework.pipeline import RunRequest, execute
 from framework.verdict import judge_scenario
 
@@ -114,20 +114,25 @@ def decode(data: Any) -> Any:
     return data
 
 
+# Recordings made before the debugger's errors were renamed tag them with the old names.
+TIMEOUT_TAGS = ("DebuggerTimeout", "GdbTimeout")
+ERROR_TAGS = ("DebuggerError", "GdbError")
+
+
 def encode_error(err: BaseException) -> dict[str, Any]:
-    if isinstance(err, GdbTimeout):
-        return {"type": "GdbTimeout", "what": err.what, "waited_for": err.waited_for, "timeout": err.timeout,
+    if isinstance(err, DebuggerTimeout):
+        return {"type": "DebuggerTimeout", "what": err.what, "waited_for": err.waited_for, "timeout": err.timeout,
                 "command": err.command}
-    if isinstance(err, GdbError):
-        return {"type": "GdbError", "what": err.what, "command": err.command, "message": err.message}
+    if isinstance(err, DebuggerError):
+        return {"type": "DebuggerError", "what": err.what, "command": err.command, "message": err.message}
     return {"type": type(err).__name__, "message": str(err)}
 
 
 def decode_error(data: Mapping[str, Any]) -> BaseException:
-    if data["type"] == "GdbTimeout":
-        return GdbTimeout(data["what"], data["waited_for"], data["timeout"], data["command"])
-    if data["type"] == "GdbError":
-        return GdbError(data["what"], data["command"], data["message"])
+    if data["type"] in TIMEOUT_TAGS:
+        return DebuggerTimeout(data["what"], data["waited_for"], data["timeout"], data["command"])
+    if data["type"] in ERROR_TAGS:
+        return DebuggerError(data["what"], data["command"], data["message"])
     return RuntimeError(f"recorded {data['type']}: {data['message']}")
 
 

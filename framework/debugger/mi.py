@@ -4,7 +4,7 @@ Two layers, as pygdbmi has them, wrapped once so nothing else in patchscope sees
 pygdbmi's untyped dicts:
 
 * pure: ``parse_record`` turns one MI line into a ``Record`` (pygdbmi's parser does
-  the MI syntax); ``Stop.from_record``, ``Breakpoint.from_mi``, ``parse_registers``,
+  the MI syntax); ``stop_from_record``, ``breakpoint_from_mi``, ``parse_registers``,
   ``parse_int`` and ``Inbox`` (the one place records are dispatched) work on
   recorded lines as well as live ones.
 * process: ``Gdb`` spawns ``gdb --interpreter=mi3`` in its own session, writes
@@ -23,11 +23,10 @@ Connecting: GDB 13 has no ``unix:`` prefix for ``target remote``: any name with 
 A plain path that ``stat``\\s as a socket is opened as a unix-domain socket
 (gdb/serial.c), so ``-target-select remote /abs/path`` once the socket exists.
 
-Errors::
-
-    InfrastructureError
-     └── GdbError         one line: what failed, the MI command, GDB's message
-          └── GdbTimeout  a stop or a command's result did not come in time; says what was awaited
+``Gdb`` implements ``framework.debugger.contract.Debugger``; its values
+(``Stop``, ``Breakpoint``) and errors (``DebuggerError`` with the MI command and
+GDB's message, ``DebuggerTimeout``) are the contract's. Beyond it, GDB's own:
+symbols (``load_symbols``, ``evaluate``), ``finish``, ``hit_count``, ``console``.
 """
 
 from __future__ import annotations
@@ -43,14 +42,15 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Self, TypeVar
 
 from pygdbmi.gdbmiparser import parse_response
 
-from ..errors import InfrastructureError, ToolMissingError
+from ..errors import ToolMissingError
+from .contract import DEFAULT_REGISTERS, Breakpoint, DebuggerError, DebuggerTimeout, Stop
 
 T = TypeVar("T")
 
@@ -66,8 +66,6 @@ POLL = 0.1
 EXIT_GRACE = 2.0
 TERM_GRACE = 2.0
 
-DEFAULT_REGISTERS = ("rip", "rsp", "rdi", "rsi", "rdx", "rcx", "r8", "r9", "rax")
-
 # Settings made right after GDB starts. mi-async on: GDB keeps reading commands
 # while the target runs, so -exec-interrupt works and a command that needs a
 # stopped target fails at once instead of waiting for the next stop.
@@ -79,32 +77,6 @@ SETTINGS = (
     "-gdb-set auto-load off",
     "-gdb-set architecture i386:x86-64",
 )
-
-
-# --- errors -------------------------------------------------------------------------------------
-
-class GdbError(InfrastructureError):
-    """GDB failed to do what was asked: ``gdb: <what>: <MI command>: <GDB's message>``."""
-
-    def __init__(self, what: str, command: str | None = None, message: str | None = None) -> None:
-        self.what = what
-        self.command = command
-        self.message = message
-        parts = [f"gdb: {what}"] + [p for p in (command, message) if p]
-        super().__init__(_one_line(": ".join(parts)))
-
-
-class GdbTimeout(GdbError):
-    """A stop, or a command's result, did not arrive in time."""
-
-    def __init__(self, what: str, waited_for: str, timeout: float, command: str | None = None) -> None:
-        self.waited_for = waited_for
-        self.timeout = timeout
-        super().__init__(what, command, f"no {waited_for} within {timeout:g} s")
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 # --- the pure layer -----------------------------------------------------------------------------
@@ -213,56 +185,31 @@ def _get_map(results: Mapping[str, MiValue], key: str) -> Mapping[str, MiValue]:
     return value if isinstance(value, dict) else {}
 
 
-@dataclass(frozen=True)
-class Stop:
-    """Where and why the target stopped (a ``*stopped`` record)."""
+def stop_from_record(record: Record) -> Stop:
+    """The ``Stop`` of a ``*stopped`` record; ValueError for any other record.
 
-    reason: str            # GDB's: "breakpoint-hit", "signal-received", "end-stepping-range", "function-finished",
-    #                        "exited", … ; "unknown" when GDB gives none (the stop it reports on connecting);
-    #                        "disconnected" (patchscope's) when the target went away while running
-    address: int | None    # the frame's address (rip)
-    function: str | None
-    breakpoint: int | None  # bkptno
-    signal: str | None
-    raw: Mapping[str, object] = field(compare=False, hash=False)
-
-    @classmethod
-    def from_record(cls, record: Record) -> Stop:
-        if record.kind != "exec" or record.cls != "stopped":
-            raise ValueError(f"not a *stopped record: {record.line}")
-        r = record.results
-        frame = _get_map(r, "frame")
-        func = _get(frame, "func")
-        return cls(reason=_get(r, "reason") or "unknown", address=_get_int(frame, "addr"),
-                   function=None if func in (None, "??") else func, breakpoint=_get_int(r, "bkptno"),
-                   signal=_get(r, "signal-name"), raw=dict(r))
-
-    def describe(self) -> str:
-        where = f"{self.address:#x}" if self.address is not None else "?"
-        if self.function:
-            where += f" in {self.function}"
-        extra = f" (breakpoint {self.breakpoint})" if self.breakpoint is not None else ""
-        extra += f" ({self.signal})" if self.signal else ""
-        return f"{self.reason} at {where}{extra}"
+    GDB's reason as it says it ("unknown" when it gives none: the stop it reports
+    on connecting), the frame's address and function, ``bkptno``, ``signal-name``.
+    """
+    if record.kind != "exec" or record.cls != "stopped":
+        raise ValueError(f"not a *stopped record: {record.line}")
+    r = record.results
+    frame = _get_map(r, "frame")
+    func = _get(frame, "func")
+    return Stop(reason=_get(r, "reason") or "unknown", address=_get_int(frame, "addr"),
+                function=None if func in (None, "??") else func, breakpoint=_get_int(r, "bkptno"),
+                signal=_get(r, "signal-name"), raw=dict(r))
 
 
-@dataclass(frozen=True)
-class Breakpoint:
-    number: int
-    address: int | None    # None when GDB has several or none ("<MULTIPLE>", "<PENDING>")
-    location: str          # what was asked for
-    hardware: bool
-    temporary: bool
-
-    @classmethod
-    def from_mi(cls, bkpt: Mapping[str, MiValue], location: str | None = None) -> Breakpoint:
-        number = _get_int(bkpt, "number")
-        if number is None:
-            raise ValueError(f"breakpoint without a number: {bkpt!r}")
-        return cls(number=number, address=_get_int(bkpt, "addr"),
-                   location=location or _get(bkpt, "original-location") or _get(bkpt, "at") or "",
-                   hardware=(_get(bkpt, "type") or "").startswith("hw"),
-                   temporary=_get(bkpt, "disp") == "del")
+def breakpoint_from_mi(bkpt: Mapping[str, MiValue], location: str | None = None) -> Breakpoint:
+    """The ``Breakpoint`` of a ``bkpt={…}`` tuple; ``location``: what was asked for, when known."""
+    number = _get_int(bkpt, "number")
+    if number is None:
+        raise ValueError(f"breakpoint without a number: {bkpt!r}")
+    return Breakpoint(number=number, address=_get_int(bkpt, "addr"),
+                      location=location or _get(bkpt, "original-location") or _get(bkpt, "at") or "",
+                      hardware=(_get(bkpt, "type") or "").startswith("hw"),
+                      temporary=_get(bkpt, "disp") == "del")
 
 
 def parse_registers(results: Mapping[str, MiValue], names_by_number: Mapping[int, str]) -> dict[str, int]:
@@ -352,7 +299,7 @@ class Inbox:
                 self.running = False
                 self.disconnect = None
                 self.stopped_count += 1
-                self.stops.append(Stop.from_record(record))
+                self.stops.append(stop_from_record(record))
         elif record.kind in ("console", "target", "log", "output"):
             self.streams.append(record)
         elif record.kind != "prompt":
@@ -417,9 +364,20 @@ def transcript_received(lines: Iterable[str]) -> list[str]:
 # --- the process --------------------------------------------------------------------------------
 
 class Gdb:
-    """One GDB process speaking GDB/MI; ``with Gdb(transcript) as gdb: …`` tears it down on every path."""
+    """One GDB process speaking GDB/MI, for one gdbstub socket.
 
-    def __init__(self, transcript: Path, gdb: str = "gdb", timeout: float = 30.0) -> None:
+    ``with Gdb(socket, transcript, symbols) as gdb: gdb.connect(); …``: entering
+    spawns GDB, ``connect`` loads ``symbols`` (an ELF; None: addresses only) and
+    connects; leaving detaches and tears GDB down on every path. ``timeout``
+    bounds each command and the wait for the socket; ``alive``, a callable returning
+    False once QEMU died, ends that wait early.
+    """
+
+    def __init__(self, socket: Path, transcript: Path, symbols: Path | None = None, *, gdb: str = "gdb",
+                 timeout: float = 30.0, alive: Callable[[], bool] | None = None) -> None:
+        self.socket = Path(socket)
+        self.symbols = Path(symbols) if symbols is not None else None
+        self._target_alive = alive              # False: QEMU is gone, stop waiting for its socket
         self._transcript_path = Path(transcript)
         self.gdb = gdb
         self.timeout = timeout
@@ -455,7 +413,7 @@ class Gdb:
     def start(self) -> None:
         """Spawn ``gdb --interpreter=mi3 -nx -q`` in its own session and make its settings."""
         if self._proc is not None:
-            raise GdbError("start", message="already started")
+            raise DebuggerError("start", message="already started")
         path = shutil.which(self.gdb)
         if path is None:
             raise ToolMissingError(self.gdb, "gdb")
@@ -472,7 +430,7 @@ class Gdb:
                                           stderr=subprocess.STDOUT, bufsize=0, start_new_session=True,
                                           env=dict(os.environ, LC_ALL="C"))
         except OSError as err:
-            raise GdbError("start", " ".join(argv), str(err)) from err
+            raise DebuggerError("start", " ".join(argv), str(err)) from err
         self._note(f"pid {self._proc.pid}")
         try:
             for setting in SETTINGS:
@@ -505,7 +463,7 @@ class Gdb:
                     if self.inbox.running:
                         self.interrupt(timeout=3.0)
                     self.detach(timeout=3.0)
-                except GdbError as err:
+                except DebuggerError as err:
                     self._note(f"teardown: {err}")
             if proc.poll() is None:
                 try:
@@ -513,7 +471,7 @@ class Gdb:
                     deadline = time.monotonic() + EXIT_GRACE
                     while proc.poll() is None and time.monotonic() < deadline:
                         self._pump(min(deadline, time.monotonic() + 0.1))
-                except GdbError as err:
+                except DebuggerError as err:
                     self._note(f"teardown: {err}")
         finally:
             self._kill(proc)
@@ -538,22 +496,24 @@ class Gdb:
         """``file`` the ELF: its symbols, and its sections for GDB's address lookups."""
         path = Path(elf).resolve()
         if not path.is_file():
-            raise GdbError(f"load symbols from {elf}", message="no such file")
+            raise DebuggerError(f"load symbols from {elf}", message="no such file")
         self._command(f"-file-exec-and-symbols {mi_quote(str(path))}", what=f"load symbols from {elf}")
         self._symbols = path
 
-    def connect(self, socket: Path, timeout: float = 30.0, *,
-                alive: Callable[[], bool] | None = None) -> Stop | None:
-        """``target remote`` over QEMU's gdbstub unix socket, waiting up to ``timeout`` for it to appear.
+    def connect(self) -> Stop | None:
+        """Load the symbols (once), then ``target remote`` over the socket, waiting up to ``timeout`` for it.
 
         Returns the stop GDB reports on connecting (QEMU halts the guest for a new
-        debugger), or None if none came. ``alive()`` returning False (QEMU died) ends the wait early.
+        debugger), or None if none came.
         """
-        path = os.path.abspath(socket)
+        path = os.path.abspath(self.socket)
         what = f"connect to {path}"
         if ":" in path or any(c.isspace() for c in path):
             # GDB takes a name with ':' for host:port, and passes quotes through.
-            raise GdbError(what, message="GDB cannot open a socket path with ':' or white space")
+            raise DebuggerError(what, message="GDB cannot open a socket path with ':' or white space")
+        if self.symbols is not None and self._symbols != self.symbols.resolve():
+            self.load_symbols(self.symbols)
+        timeout, alive = self.timeout, self._target_alive
         deadline = time.monotonic() + timeout
         command = f"-target-select remote {path}"
         self._pump(time.monotonic())
@@ -562,27 +522,27 @@ class Gdb:
         last = "the socket does not exist"
         while True:
             if alive is not None and not alive():
-                raise GdbError(what, message="QEMU exited before GDB could connect")
+                raise DebuggerError(what, message="QEMU exited before GDB could connect")
             try:
                 mode = os.stat(path).st_mode
             except FileNotFoundError:
                 mode = None
             if mode is not None and not stat.S_ISSOCK(mode):
-                raise GdbError(what, message="not a unix socket")
+                raise DebuggerError(what, message="not a unix socket")
             if mode is not None:
                 try:
                     self._command(command, timeout=max(deadline - time.monotonic(), 1.0), what=what)
                     break
-                except GdbTimeout:
+                except DebuggerTimeout:
                     raise
-                except GdbError as err:
+                except DebuggerError as err:
                     # A socket QEMU has bound but not yet listens on, or one left
                     # over from an earlier QEMU: retry until the deadline.
                     if "refused" not in (err.message or "") and "No such file" not in (err.message or ""):
                         raise
                     last = err.message or str(err)
             if time.monotonic() >= deadline:
-                raise GdbError(what, command, f"{last} (waited {timeout:g} s)")
+                raise DebuggerError(what, command, f"{last} (waited {timeout:g} s)")
             time.sleep(0.05)
         self._connected = True
         self._register_numbers = {}
@@ -598,8 +558,7 @@ class Gdb:
         self._connected = False
 
     # breakpoints -----------------------------------------------------------------------------
-    def break_at(self, location: str | int, *, hardware: bool = False, temporary: bool = False,
-                 condition: str | None = None) -> Breakpoint:
+    def break_at(self, location: str | int, *, hardware: bool = False, temporary: bool = False) -> Breakpoint:
         """A breakpoint at a symbol, ``*0xaddr``, or an int address.
 
         ``hardware=True`` (``-break-insert -h``) never writes guest memory; under KVM a
@@ -611,11 +570,9 @@ class Gdb:
             args.append("-t")
         if hardware:
             args.append("-h")
-        if condition is not None:
-            args += ["-c", mi_quote(condition)]
         args.append(mi_quote(where))
         result = self._command(" ".join(args), what=f"break at {where}")
-        return Breakpoint.from_mi(_get_map(result.results, "bkpt"), where)
+        return breakpoint_from_mi(_get_map(result.results, "bkpt"), where)
 
     def delete(self, bp: Breakpoint) -> None:
         self._command(f"-break-delete {bp.number}", what=f"delete breakpoint {bp.number} at {bp.location}")
@@ -629,7 +586,7 @@ class Gdb:
             bkpt = (_get_map(entry, "bkpt") or entry) if isinstance(entry, dict) else {}
             if _get_int(bkpt, "number") == bp.number:
                 return _get_int(bkpt, "times") or 0
-        raise GdbError(f"hit count of breakpoint {bp.number}", message="GDB does not list it")
+        raise DebuggerError(f"hit count of breakpoint {bp.number}", message="GDB does not list it")
 
     # execution -------------------------------------------------------------------------------
     def cont(self) -> None:
@@ -650,7 +607,7 @@ class Gdb:
                     stop = self.inbox.take_disconnect()
             elif stop is None and not self.inbox.running and self._proc is not None:
                 # Stopped, and its stop already taken: no stop can come without a resume.
-                raise GdbError("wait for a stop", message="the target is not running and no stop is pending")
+                raise DebuggerError("wait for a stop", message="the target is not running and no stop is pending")
             return stop
 
         return self._wait_for(take, deadline, "wait for a stop", "*stopped record", timeout)
@@ -662,13 +619,13 @@ class Gdb:
         if stop is not None:
             return stop
         if not self.inbox.running:
-            raise GdbError("interrupt", message="the target is not running")
+            raise DebuggerError("interrupt", message="the target is not running")
         wait = self.timeout if timeout is None else timeout
         try:
             self._command("-exec-interrupt", timeout=wait, what="interrupt")
-        except GdbTimeout:
+        except DebuggerTimeout:
             raise
-        except GdbError as err:
+        except DebuggerError as err:
             # The target stopped on its own between our look and GDB's: take that stop.
             self._note(f"interrupt: {err}")
         return self.wait_stop(wait)
@@ -696,7 +653,7 @@ class Gdb:
         values = parse_registers(result.results, {n: name for name, n in numbers.items()})
         missing = [n for n in names if n not in values]
         if missing:
-            raise GdbError("read registers", message=f"GDB gave no value for {', '.join(missing)}")
+            raise DebuggerError("read registers", message=f"GDB gave no value for {', '.join(missing)}")
         return {name: values[name] for name in names}
 
     def set_register(self, name: str, value: int) -> None:
@@ -705,7 +662,7 @@ class Gdb:
                       what=f"set {name}")
 
     def read_memory(self, address: int, length: int) -> bytes:
-        """``length`` bytes at ``address`` via ``dump binary memory``; exactly that many, or GdbError."""
+        """``length`` bytes at ``address`` via ``dump binary memory``; exactly that many, or DebuggerError."""
         if length < 0:
             raise ValueError(f"negative length {length}")
         if length == 0:
@@ -725,7 +682,7 @@ class Gdb:
         finally:
             out.unlink(missing_ok=True)
         if len(data) != length:
-            raise GdbError(what, message=f"got {len(data)} bytes")
+            raise DebuggerError(what, message=f"got {len(data)} bytes")
         return data
 
     def write_memory(self, address: int, data: bytes) -> None:
@@ -739,7 +696,7 @@ class Gdb:
         result = self._command(f"-data-read-memory-bytes {address:#x} 8", what=what)
         data = parse_memory(result.results)
         if len(data) != 8:
-            raise GdbError(what, message=f"got {len(data)} bytes")
+            raise DebuggerError(what, message=f"got {len(data)} bytes")
         return int.from_bytes(data, "little")
 
     def evaluate(self, expression: str) -> str:
@@ -747,10 +704,10 @@ class Gdb:
         what = f"evaluate {expression}"
         try:
             result = self._command(f"-data-evaluate-expression {mi_quote(expression)}", what=what)
-        except GdbError as err:
+        except DebuggerError as err:
             if self._symbols is not None and (err.message or "").startswith("No symbol table is loaded"):
                 # An ELF with ELF symbols but no debug info: GDB answers any unknown name so.
-                raise GdbError(what, err.command, f"no symbol in {expression!r} is known to GDB "
+                raise DebuggerError(what, err.command, f"no symbol in {expression!r} is known to GDB "
                                f"({self._symbols.name} has ELF symbols only; GDB said: {err.message})") from None
             raise
         return _get(result.results, "value") or ""
@@ -768,7 +725,7 @@ class Gdb:
             self._register_numbers = parse_register_names(result.results)
         unknown = [n for n in names if n not in self._register_numbers]
         if unknown:
-            raise GdbError(what, message=f"no register named {', '.join(unknown)}")
+            raise DebuggerError(what, message=f"no register named {', '.join(unknown)}")
         return {n: self._register_numbers[n] for n in names}
 
     def _resume(self, command: str, what: str) -> None:
@@ -787,7 +744,7 @@ class Gdb:
         record = self._wait_for(lambda: self.inbox.take_result(token), time.monotonic() + wait,
                                 what or command, "result", wait, command)
         if record.cls == "error":
-            raise GdbError(what or command, command, error_message(record))
+            raise DebuggerError(what or command, command, error_message(record))
         return record
 
     def _wait_for(self, take: Callable[[], T | None], deadline: float, what: str, waited_for: str,
@@ -803,19 +760,19 @@ class Gdb:
                         status = self._proc.wait(1.0)
                     except subprocess.TimeoutExpired:
                         pass
-                raise GdbError(what, command, f"gdb exited (status {status}) while waiting for {waited_for}")
+                raise DebuggerError(what, command, f"gdb exited (status {status}) while waiting for {waited_for}")
             if time.monotonic() >= deadline:
-                raise GdbTimeout(what, waited_for, timeout, command)
+                raise DebuggerTimeout(what, waited_for, timeout, command)
             self._pump(deadline)
 
     def _send(self, line: str) -> None:
         if self._proc is None or self._proc.stdin is None:
-            raise GdbError("send", line, "gdb is not running")
+            raise DebuggerError("send", line, "gdb is not running")
         self._log_line("->", line)
         try:
             self._proc.stdin.write(line.encode() + b"\n")
         except (BrokenPipeError, OSError) as err:
-            raise GdbError("send", line, f"gdb is gone ({err})") from err
+            raise DebuggerError("send", line, f"gdb is gone ({err})") from err
 
     def _pump(self, deadline: float) -> None:
         """Feed every line GDB printed; wait for the first bytes until ``deadline``, at most ``POLL``."""

@@ -6,11 +6,9 @@ GDB removes every breakpoint, single-steps and inserts them again, and QEMU 7.2
 flushes translated code at each insert and removal. ``Rsp`` resumes from a
 breakpoint with one ``s`` and one ``c`` instead: QEMU ignores its breakpoints
 while single-stepping (accel/tcg/cpu-exec.c, "Singlestep overrides breakpoints"),
-so no breakpoint is touched. It offers the subset of ``framework.debugger.mi.Gdb`` that a
-breakpoint loop uses (``break_at``, ``delete``, ``cont``, ``wait_stop``,
-``interrupt``, ``registers``, ``set_register``, ``read_memory``, ``write_memory``,
-``read_u64``, ``detach``), with the same ``Stop``, ``Breakpoint`` and errors, so
-one loop runs on either. It knows no symbols: breakpoints take addresses.
+so no breakpoint is touched. It implements ``framework.debugger.contract.Debugger``
+as ``framework.debugger.mi.Gdb`` does, so one session loop runs on either; unlike
+GDB it knows no symbols: breakpoints take addresses.
 
 Two layers:
 
@@ -25,8 +23,8 @@ Two layers:
 Only the last ``RING`` packets each way are kept (with monotonic timestamps) and
 written to the transcript on ``close``: a trace of 100k stops is not logged.
 
-Errors are ``framework.debugger.mi``'s: ``GdbError`` (an ``Exx`` reply, a lost
-connection, a protocol error) and ``GdbTimeout`` (no stop or reply in time).
+Errors are the contract's: ``DebuggerError`` (an ``Exx`` reply, a lost
+connection, a protocol error) and ``DebuggerTimeout`` (no stop or reply in time).
 """
 
 from __future__ import annotations
@@ -44,7 +42,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from .mi import DEFAULT_REGISTERS, Breakpoint, GdbError, GdbTimeout, Stop
+from .contract import DEFAULT_REGISTERS, Breakpoint, DebuggerError, DebuggerTimeout, Stop
 
 # Packets kept for the transcript, each way.
 RING = 400
@@ -337,7 +335,10 @@ Packet = tuple[float, bytes]
 
 
 class Rsp:
-    """One connection to QEMU's gdbstub; ``with Rsp(sock) as rsp: rsp.connect(); …`` closes it on every path.
+    """One connection to QEMU's gdbstub; ``with Rsp(socket) as rsp: rsp.connect(); …`` closes it on every path.
+
+    ``timeout`` bounds each request and the wait for the socket; the last packets
+    go to ``transcript`` (when given) on ``close``.
 
     All-stop: a request is answered before the next is sent, and while the guest
     runs nothing but an interrupt may be sent (QEMU stops the guest at any byte).
@@ -386,16 +387,19 @@ class Rsp:
                  tb: TracebackType | None) -> None:
         self.close()
 
-    def connect(self, timeout: float = 30.0) -> None:
+    def connect(self) -> Stop | None:
         """Connect to the unix socket (waiting up to ``timeout`` for it to exist and accept), then handshake.
 
         The handshake: ``qSupported``; ``QStartNoAckMode`` (QEMU 7.2 answers empty: acks
         stay on); the target description (QEMU refuses ``P`` until it was read); ``?``.
+        Returns None: the reply to ``?`` is noted in the transcript, not made a ``Stop``
+        (that would cost a ``g`` for its address).
         """
         if self._sock is not None:
-            raise GdbError("connect", message="already connected")
+            raise DebuggerError("connect", message="already connected")
         path = os.path.abspath(self.socket)
         what = f"connect to {path}"
+        timeout = self.timeout
         deadline = time.monotonic() + timeout
         last = "the socket does not exist"
         while True:
@@ -404,7 +408,7 @@ class Rsp:
             except FileNotFoundError:
                 mode = None
             if mode is not None and not stat.S_ISSOCK(mode):
-                raise GdbError(what, message="not a unix socket")
+                raise DebuggerError(what, message="not a unix socket")
             if mode is not None:
                 sock = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
                 try:
@@ -416,9 +420,9 @@ class Rsp:
                     last = err.strerror or str(err)
                 except OSError as err:
                     sock.close()
-                    raise GdbError(what, message=str(err)) from err
+                    raise DebuggerError(what, message=str(err)) from err
             if time.monotonic() >= deadline:
-                raise GdbError(what, message=f"{last} (waited {timeout:g} s)")
+                raise DebuggerError(what, message=f"{last} (waited {timeout:g} s)")
             time.sleep(0.05)
         self._t0 = time.monotonic()
         self._note(f"{time.strftime('%Y-%m-%d %H:%M:%S')} connected to {path}")
@@ -431,6 +435,7 @@ class Rsp:
             self._connected = False
             self._close_socket()
             raise
+        return None
 
     def _handshake(self, what: str) -> None:
         self.features = parse_features(self._command(b"qSupported:xmlRegisters=i386", what))
@@ -442,7 +447,7 @@ class Rsp:
             self._flush_ack(what)            # the OK itself is acked; from then on neither side acks
             self._ack = False
         if self.features.get("qXfer:features:read") != "+":
-            raise GdbError(what, message="the stub offers no target description (qXfer:features:read)")
+            raise DebuggerError(what, message="the stub offers no target description (qXfer:features:read)")
         documents: dict[str, str] = {}
 
         def fetch(annex: str) -> str:
@@ -453,14 +458,14 @@ class Rsp:
         try:
             self._layout = register_layout(fetch)
         except ValueError as err:
-            raise GdbError(what, message=str(err)) from None
+            raise DebuggerError(what, message=str(err)) from None
         missing = [n for n in (PC, "rsp") if n not in self._layout.offsets]
         if missing:
-            raise GdbError(what, message=f"the target description has no {', '.join(missing)} in 'g' "
+            raise DebuggerError(what, message=f"the target description has no {', '.join(missing)} in 'g' "
                            f"(architecture {self._layout.architecture})")
         reply = self._command(b"?", what)
         if parse_stop(reply) is None:
-            raise GdbError(what, "?", f"not a stop reply: {reply[:80]!r}{self._recent()}")
+            raise DebuggerError(what, "?", f"not a stop reply: {reply[:80]!r}{self._recent()}")
         self._note(f"stopped: {reply.decode('ascii', 'replace')}")
 
     def _read_feature(self, annex: str, what: str) -> str:
@@ -471,7 +476,7 @@ class Rsp:
             request = b"qXfer:features:read:%s:%x,%x" % (annex.encode(), len(data), size)
             reply = self._command(request, what)
             if reply[:1] not in (b"m", b"l"):
-                raise GdbError(what, request.decode(), f"unexpected reply {reply[:80]!r}{self._recent()}")
+                raise DebuggerError(what, request.decode(), f"unexpected reply {reply[:80]!r}{self._recent()}")
             data += unescape(reply[1:])
             if reply[:1] == b"l" or len(reply) == 1:
                 return data.decode("utf-8", "replace")
@@ -488,7 +493,7 @@ class Rsp:
                     if self._running and self._pending is None:
                         self.interrupt(timeout=CLOSE_GRACE)
                     self.detach(timeout=CLOSE_GRACE)
-                except GdbError as err:
+                except DebuggerError as err:
                     self._note(f"teardown: {err}")
         finally:
             self._connected = False
@@ -526,7 +531,7 @@ class Rsp:
         try:
             address, where = parse_location(location)
         except ValueError as err:
-            raise GdbError(f"break at {location}", message=f"{err}: Rsp takes addresses only; resolve symbols "
+            raise DebuggerError(f"break at {location}", message=f"{err}: Rsp takes addresses only; resolve symbols "
                            "before (framework.elf.vmlinux.Symbols)") from None
         self._command(b"Z%d,%x,1" % (1 if hardware else 0, address), f"break at {where}")
         self._numbers += 1
@@ -540,7 +545,7 @@ class Rsp:
         address = bp.address
         inserted = self._breakpoints.get(address) if address is not None else None
         if address is None or not inserted or bp not in inserted:
-            raise GdbError(what, message="no such breakpoint")
+            raise DebuggerError(what, message="no such breakpoint")
         self._command(b"z%d,%x,1" % (1 if bp.hardware else 0, address), what)
         inserted.remove(bp)
         if not inserted:
@@ -565,7 +570,7 @@ class Rsp:
                 try:
                     stop = self._stop(self._read_stop(time.monotonic() + self.timeout))
                 except _TimedOut:
-                    raise GdbTimeout(what, "stop reply of the step off the breakpoint", self.timeout,
+                    raise DebuggerTimeout(what, "stop reply of the step off the breakpoint", self.timeout,
                                      "s") from None
                 if stop.reason != "signal-received" or stop.signal != "SIGTRAP":
                     self._pending, self._running = stop, True
@@ -573,17 +578,17 @@ class Rsp:
         self._resume(b"c")
 
     def wait_stop(self, timeout: float) -> Stop:
-        """The next stop, waiting up to ``timeout`` seconds; on GdbTimeout the guest runs on."""
+        """The next stop, waiting up to ``timeout`` seconds; on DebuggerTimeout the guest runs on."""
         what = "wait for a stop"
         if self._pending is not None:
             stop, self._pending, self._running = self._pending, None, False
             return stop
         if not self._running:
-            raise GdbError(what, message="the target is not running and no stop is pending")
+            raise DebuggerError(what, message="the target is not running and no stop is pending")
         try:
             packet = self._read_stop(time.monotonic() + timeout)
         except _TimedOut:
-            raise GdbTimeout(what, "stop reply", timeout) from None
+            raise DebuggerTimeout(what, "stop reply", timeout) from None
         return self._stop(packet)
 
     def interrupt(self, timeout: float | None = None) -> Stop:
@@ -592,7 +597,7 @@ class Rsp:
         if self._pending is not None:
             return self.wait_stop(0)
         if not self._running:
-            raise GdbError(what, message="the target is not running")
+            raise DebuggerError(what, message="the target is not running")
         wait = self.timeout if timeout is None else timeout
         try:
             packet = self._read_stop(time.monotonic())      # a stop already here
@@ -603,7 +608,7 @@ class Rsp:
             try:
                 packet = self._read_stop(time.monotonic() + wait)
             except _TimedOut:
-                raise GdbTimeout(what, "stop reply", wait, "^C") from None
+                raise DebuggerTimeout(what, "stop reply", wait, "^C") from None
         return self._stop(packet)
 
     # registers and memory --------------------------------------------------------------------
@@ -612,7 +617,7 @@ class Rsp:
         what = "read registers"
         unknown = [n for n in names if n not in self._layout.by_name]
         if unknown:
-            raise GdbError(what, message=f"no register named {', '.join(unknown)}")
+            raise DebuggerError(what, message=f"no register named {', '.join(unknown)}")
         if self._g is None:
             self._read_g(what)
         assert self._g is not None
@@ -633,11 +638,11 @@ class Rsp:
         what = f"set {name}"
         reg = self._layout.by_name.get(name)
         if reg is None:
-            raise GdbError(what, message=f"no register named {name}")
+            raise DebuggerError(what, message=f"no register named {name}")
         try:
             data = le_bytes(value, max(reg.bitsize // 8, 1))
         except ValueError as err:
-            raise GdbError(what, message=str(err)) from None
+            raise DebuggerError(what, message=str(err)) from None
         self._command(b"P%x=%s" % (reg.regnum, data.hex().encode()), what)
         slot = self._layout.offsets.get(name)
         if self._g is not None and slot is not None and slot[0] + slot[1] <= len(self._g):
@@ -646,7 +651,7 @@ class Rsp:
             self._pc = int.from_bytes(data, "little")
 
     def read_memory(self, address: int, length: int) -> bytes:
-        """Exactly ``length`` bytes at ``address`` (``m``, in pieces whose replies fit the stub's packet), or GdbError."""
+        """Exactly ``length`` bytes at ``address`` (``m``, in pieces whose replies fit the stub's packet), or DebuggerError."""
         if length < 0:
             raise ValueError(f"negative length {length}")
         if length == 0:
@@ -659,11 +664,11 @@ class Rsp:
             n = min(size, address + length - start)
             reply = self._command(b"m%x,%x" % (start, n), what, memory=start)
             if len(reply) != 2 * n:
-                raise GdbError(what, f"m{start:x},{n:x}", f"got {len(reply) // 2} of {n} bytes at {start:#x}")
+                raise DebuggerError(what, f"m{start:x},{n:x}", f"got {len(reply) // 2} of {n} bytes at {start:#x}")
             try:
                 pieces.append(bytes.fromhex(reply.decode("ascii")))
             except ValueError:
-                raise GdbError(what, f"m{start:x},{n:x}", f"not hex: {reply[:80]!r}") from None
+                raise DebuggerError(what, f"m{start:x},{n:x}", f"not hex: {reply[:80]!r}") from None
         return b"".join(pieces)
 
     def write_memory(self, address: int, data: bytes) -> None:
@@ -683,34 +688,34 @@ class Rsp:
     # internals -------------------------------------------------------------------------------
     def _check_stopped(self, what: str) -> None:
         if self._sock is None or not self.connected:
-            raise GdbError(what, message="not connected")
+            raise DebuggerError(what, message="not connected")
         if self._running or self._pending is not None:
-            raise GdbError(what, message="the target is running")
+            raise DebuggerError(what, message="the target is running")
 
     @staticmethod
     def _check_range(what: str, address: int, length: int) -> None:
         if address < 0 or address + length > 1 << 64:
-            raise GdbError(what, message="outside the 64-bit address space")
+            raise DebuggerError(what, message="outside the 64-bit address space")
 
     def _command(self, payload: bytes, what: str, *, timeout: float | None = None, empty_ok: bool = False,
                  memory: int | None = None) -> bytes:
-        """Send one request and return its reply; GdbError for ``Exx``, an empty reply, a lost stub."""
+        """Send one request and return its reply; DebuggerError for ``Exx``, an empty reply, a lost stub."""
         self._check_stopped(what)
         wait = self.timeout if timeout is None else timeout
         self._send(payload, what)
         try:
             reply = self._read_packet(time.monotonic() + wait)
         except _TimedOut:
-            raise GdbTimeout(what, "reply", wait, _show(payload)) from None
+            raise DebuggerTimeout(what, "reply", wait, _show(payload)) from None
         if reply is None:
-            raise GdbError(what, _show(payload), "the stub closed the connection")
+            raise DebuggerError(what, _show(payload), "the stub closed the connection")
         error = describe_error(reply)
         if error is not None:
             if memory is not None and reply == b"E14":
                 error = f"Cannot access memory at address {memory:#x}: {error}"
-            raise GdbError(what, _show(payload), error)
+            raise DebuggerError(what, _show(payload), error)
         if not reply and not empty_ok:
-            raise GdbError(what, _show(payload), "not supported by the stub (empty reply)")
+            raise DebuggerError(what, _show(payload), "not supported by the stub (empty reply)")
         return reply
 
     def _resume(self, payload: bytes) -> None:
@@ -722,7 +727,7 @@ class Rsp:
         try:
             self._g = bytearray(hex_bytes(reply))
         except ValueError:
-            raise GdbError(what, "g", f"not hex: {reply[:80]!r}") from None
+            raise DebuggerError(what, "g", f"not hex: {reply[:80]!r}") from None
         if PC in self._layout.offsets:
             self._pc = self._layout.decode(self._g, (PC,))[PC]
 
@@ -790,14 +795,14 @@ class Rsp:
     def _send_raw(self, data: bytes, what: str) -> None:
         """Send ``data``, after the '+' owed for the last packet received (one write instead of two)."""
         if self._sock is None:
-            raise GdbError(what, message="not connected")
+            raise DebuggerError(what, message="not connected")
         if self._ack_due:
             data, self._ack_due = b"+" + data, False
         try:
             self._sock.sendall(data)
         except OSError as err:
             self._eof, self._running = True, False
-            raise GdbError(what, _show(data), f"the stub is gone ({err})") from err
+            raise DebuggerError(what, _show(data), f"the stub is gone ({err})") from err
 
     def _read_packet(self, deadline: float) -> bytes | None:
         """The next packet's payload (acked when acks are on, run-length encoding undone); None at EOF."""
@@ -823,7 +828,7 @@ class Rsp:
                 try:
                     body = expand(f.body)
                 except ValueError as err:
-                    raise GdbError("read a packet", message=f"{err}{self._recent()}") from None
+                    raise DebuggerError("read a packet", message=f"{err}{self._recent()}") from None
                 self._received.append((time.monotonic(), body))
                 self._counts[1] += 1
                 return body

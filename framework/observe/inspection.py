@@ -33,8 +33,8 @@ from pathlib import Path
 from ..analysis.sites import Capture, Comparison, compare
 from ..analysis.trace import Explainer, Model, counts, write_jsonl
 from ..config import Expect, Inspect
-from ..debugger.mi import Gdb, GdbError
-from ..debugger.rsp import Rsp
+from ..debugger import Backend, open_debugger
+from ..debugger.contract import DebuggerError
 from ..domain import CAPTURE_POINTS, Note
 from ..elf.vmlinux import Site, Symbols, Vmlinux
 from ..errors import ConfigError, ImageError
@@ -133,7 +133,7 @@ class Inspection:
         def inject_nmi() -> None:
             qmp = vm.connect_qmp()
             if qmp is None:
-                raise GdbError("inject-nmi", message="QEMU is gone")
+                raise DebuggerError("inject-nmi", message="QEMU is gone")
             qmp.command("inject-nmi")
 
         return Options(trace=self.trace, scenario=self.scenario, config_path=self.config_path,
@@ -144,24 +144,17 @@ class Inspection:
         assert machine.gdb_socket is not None
         # Under KVM software breakpoints would write int3 into the text being compared.
         plan = dataclasses.replace(self.plan, hardware=machine.accel == "kvm")
-        dbg: Gdb | Rsp
-        if self.debugger == "rsp" or (self.debugger == "auto" and (self.trace or self.scenario is not None)):
-            dbg = Rsp(machine.gdb_socket, self.outdir / "rsp.log")
-        else:
-            dbg = Gdb(self.outdir / "gdb.mi.log")
-        with dbg:
-            if isinstance(dbg, Gdb):
-                symbols_elf = self.kernel.symbols or self.kernel.vmlinux
-                assert symbols_elf is not None
-                dbg.load_symbols(symbols_elf)
-                dbg.connect(machine.gdb_socket)
-            else:
-                dbg.connect()
+        # auto: the remote protocol for traces and scenarios (thousands of stops), GDB/MI otherwise.
+        kind: Backend = "rsp" if self.debugger == "rsp" or (
+            self.debugger == "auto" and (self.trace or self.scenario is not None)) else "gdb"
+        log = self.outdir / ("rsp.log" if kind == "rsp" else "gdb.mi.log")
+        with open_debugger(kind, machine.gdb_socket, log, self.kernel.symbols or self.kernel.vmlinux) as dbg:
+            dbg.connect()
             session = Session(dbg, console, self.symbols, plan, self._options(vm), self.note)
             try:
                 self.outcome = session.run()
                 self.error = self.outcome.error
-            except GdbError as err:
+            except DebuggerError as err:
                 # The guest crashed, ended or hung mid-session; it is running (or
                 # gone): closing the debugger below lets it go on.
                 self.outcome = session.out
@@ -169,7 +162,7 @@ class Inspection:
             try:
                 if dbg.connected:
                     dbg.detach()   # resumes the guest
-            except GdbError as err:
+            except DebuggerError as err:
                 # A guest that crashed or powered off may take QEMU (and the gdbstub) with it.
                 if self.outcome.ended not in ("crashed", "guest-ended", "marker", "timeout"):
                     self.error = self.error or f"{err}"

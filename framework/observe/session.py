@@ -18,8 +18,8 @@ write and a scenario rule at the same moment see the same stop:
                             and whether ignore_nmis was set); removed at its hit
     (success marker)      booted capture; the session ends
 
-The debugger is anything with the breakpoint API of ``gdb.Gdb`` (GDB/MI) or
-``rsp.Rsp`` (the remote protocol spoken directly, for stop-heavy work).
+The debugger is any ``framework.debugger.contract.Debugger``: ``mi.Gdb``
+(GDB/MI) or ``rsp.Rsp`` (the remote protocol spoken directly, for stop-heavy work).
 
 A traced writer is resumed past its first instruction (a 5-byte NOP, or a call
 to ``__fentry__``, which returns at once during boot): the debugger then
@@ -30,18 +30,18 @@ costs a breakpoint removal and re-insertion, each a flush of QEMU's translated c
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
 
 from ..analysis.sites import Capture
 from ..analysis.trace import MAX_EVENT_LEN, MEMSET, SNAPSHOT_PATCHING, SNAPSHOT_START, TRACED, Event, Model, stage_of
-from ..debugger.mi import Breakpoint, GdbError, GdbTimeout, Stop
+from ..debugger.contract import Breakpoint, Debugger, DebuggerError, DebuggerTimeout, Stop
 from ..domain import Note
 from ..elf.vmlinux import Symbols
 from ..scenario import (
     NMI_ENTRY,
+    REGISTERS,
     Dump,
     Effect,
     InjectNmi,
@@ -59,8 +59,10 @@ from ..scenario import (
 from .capture import Plan
 from .console import ConsoleThread
 
-REGISTERS = ("rip", "rsp", "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp",
-             "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "eflags")
+# The registers read at each stop: every one a scenario expression may name (scenario.REGISTERS),
+# rip and rsp first. The order is kept for the recorded sessions (tests/data/sessions), which
+# replay the registers() call argument for argument; the names are scenario's.
+STOP_REGISTERS = ("rip", "rsp", *(name for name in REGISTERS if name not in ("rip", "rsp")))
 # Where an injected NMI shows that it arrived (helper research, 6.1 and Xen 4.17):
 # - exc_nmi(regs), natively (asm_exc_nmi) and for a Xen PV guest (Xen forwards
 #   unknown NMIs to dom0: opt_nmi "dom0"; xenpv_exc_nmi calls exc_nmi). It counts
@@ -74,19 +76,6 @@ X86_TRAP_NMI = 2
 PT_REGS_IP = 16 * 8             # struct pt_regs: r15 … di, orig_ax, then ip
 NOP5 = bytes.fromhex("0f1f440000")
 FENTRY = "__fentry__"
-
-
-class Debugger(Protocol):
-    def break_at(self, location: str | int, *, hardware: bool = False, temporary: bool = False) -> Breakpoint: ...
-    def delete(self, bp: Breakpoint) -> None: ...
-    def cont(self) -> None: ...
-    def wait_stop(self, timeout: float) -> Stop: ...
-    def interrupt(self, timeout: float | None = None) -> Stop: ...
-    def registers(self, names: Sequence[str] = ...) -> dict[str, int]: ...
-    def set_register(self, name: str, value: int) -> None: ...
-    def read_memory(self, address: int, length: int) -> bytes: ...
-    def write_memory(self, address: int, data: bytes) -> None: ...
-    def read_u64(self, address: int) -> int: ...
 
 
 @dataclass
@@ -166,7 +155,7 @@ class Session:
     def _need(self, name: str) -> int:
         address = self.symbols.address(name)
         if address is None:
-            raise GdbError(f"break at {name}", message=f"the kernel has no symbol {name!r}")
+            raise DebuggerError(f"break at {name}", message=f"the kernel has no symbol {name!r}")
         return address
 
     def _arm_initial(self) -> None:
@@ -230,7 +219,7 @@ class Session:
             if self.console.marker.is_set():
                 try:
                     stop = self.dbg.interrupt()
-                except GdbError:          # /init powers off right after its marker: QEMU may be gone
+                except DebuggerError:          # /init powers off right after its marker: QEMU may be gone
                     self.out.ended = "guest-ended"
                     return None
                 if stop.reason == "breakpoint-hit" and stop.address in self.points:
@@ -241,12 +230,12 @@ class Session:
                 self.out.ended = "timeout"
                 try:
                     self.dbg.interrupt()
-                except GdbError:
+                except DebuggerError:
                     pass
                 return None
             try:
                 return self.dbg.wait_stop(0.5)
-            except GdbTimeout:
+            except DebuggerTimeout:
                 continue
 
     def _progress(self) -> str:
@@ -259,7 +248,7 @@ class Session:
 
     def _handle(self, address: int) -> None:
         labels = list(self.points[address].labels)
-        regs = self.dbg.registers(REGISTERS)
+        regs = self.dbg.registers(STOP_REGISTERS)
         resume: int | None = None
         event: Event | None = None
         t = time.monotonic() - self.console.started
@@ -384,7 +373,7 @@ class Session:
         caller: int | None = None
         try:
             caller = self.dbg.read_u64(regs["rsp"])
-        except GdbError:
+        except DebuggerError:
             pass
         resume: int | None = None
         self.rule_stops += 1
@@ -436,7 +425,7 @@ class Session:
             self.dbg.write_memory(effect.address, effect.new)
         elif isinstance(effect, InjectNmi):
             if self.opt.inject_nmi is None:
-                raise GdbError("inject-nmi", message="no QMP connection to inject an NMI through")
+                raise DebuggerError("inject-nmi", message="no QMP connection to inject an NMI through")
             self.opt.inject_nmi()
             self.pending_nmis.append(n)
             self._arm(self._need(NMI_ENTRY), "nmi")
@@ -455,7 +444,7 @@ class Session:
         where: str | None = None
         try:
             where = self.symbols.format(self.dbg.read_u64(regs["rdi"] + PT_REGS_IP))
-        except GdbError:
+        except DebuggerError:
             pass
         ignored = False
         flag = self.symbols.address("ignore_nmis")

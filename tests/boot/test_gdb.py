@@ -26,7 +26,8 @@ import pytest
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
-from framework.debugger.mi import Gdb, GdbError, GdbTimeout, Stop
+from framework.debugger.contract import DebuggerError, DebuggerTimeout, Stop
+from framework.debugger.mi import Gdb
 from framework.kernel.image import Kernel, prepare_kernel
 from framework.kernel.refs import parse_ref
 from framework.vm.machine import DEFAULT_CPU, DEFAULT_MEMORY_MIB, Machine, kernel_cmdline, qemu_argv
@@ -114,10 +115,9 @@ def test_text_poke_early_arguments_text_and_int3_selftest(kernel: Kernel, tmp_pa
     tpe, _ = elf.symbols["text_poke_early"]
     text_start, text_size, _ = elf.sections[".text"]
     transcript = tmp_path / "gdb.transcript"
-    with booted(kernel) as (vm, sock), Gdb(transcript) as gdb:
+    with booted(kernel) as (vm, sock), Gdb(sock, transcript, kernel.symbols, alive=vm.alive) as gdb:
         pid = gdb.pid
-        gdb.load_symbols(kernel.symbols)
-        first = gdb.connect(sock, timeout=10, alive=vm.alive)
+        first = gdb.connect()
         assert first is not None and first.address == 0xFFF0          # the reset vector, halted by -S
 
         # 1. text_poke_early(addr, opcode, len): the arguments are in rdi, rsi, rdx.
@@ -175,10 +175,9 @@ def test_finish_interrupt_registers_memory_and_teardown_while_running(kernel: Ke
     assert kernel.symbols is not None
     elf = Elf(kernel.symbols)
     tpe, _ = elf.symbols["text_poke_early"]
-    with booted(kernel) as (_vm, sock), Gdb(tmp_path / "gdb.transcript", timeout=20) as gdb:
+    with booted(kernel) as (_vm, sock), Gdb(sock, tmp_path / "gdb.transcript", kernel.symbols, timeout=20) as gdb:
         pid = gdb.pid
-        gdb.load_symbols(kernel.symbols)
-        gdb.connect(sock, timeout=10)
+        gdb.connect()
         gdb.break_at("alternative_instructions", hardware=True)
         gdb.cont()
         gdb.wait_stop(60)
@@ -189,7 +188,7 @@ def test_finish_interrupt_registers_memory_and_teardown_while_running(kernel: Ke
         assert "finalize" in stop.function or "bugs" in stop.function   # arch_cpu_finalize_init / check_bugs
 
         gdb.cont()
-        with pytest.raises(GdbTimeout, match=r"gdb: wait for a stop: no \*stopped record within 0.3 s"):
+        with pytest.raises(DebuggerTimeout, match=r"gdb: wait for a stop: no \*stopped record within 0.3 s"):
             gdb.wait_stop(0.3)                                       # running, no breakpoint left
         stop = gdb.interrupt()
         assert (stop.reason, stop.signal) == ("signal-received", "SIGINT")
@@ -204,12 +203,12 @@ def test_finish_interrupt_registers_memory_and_teardown_while_running(kernel: Ke
         gdb.write_memory(tpe, original)
         assert gdb.read_memory(tpe, 8) == original
 
-        with pytest.raises(GdbError, match="Cannot access memory at address 0x0") as err:
+        with pytest.raises(DebuggerError, match="Cannot access memory at address 0x0") as err:
             gdb.read_memory(0, 16)
         assert "\n" not in str(err.value)
-        with pytest.raises(GdbError, match="no register named nosuch"):
+        with pytest.raises(DebuggerError, match="no register named nosuch"):
             gdb.registers(["nosuch"])
-        with pytest.raises(GdbError, match="the target is not running and no stop is pending"):
+        with pytest.raises(DebuggerError, match="the target is not running and no stop is pending"):
             gdb.wait_stop(30)                                        # stopped, nothing pending: at once
 
         gdb.cont()                                                   # leave it running: close() must cope
@@ -218,42 +217,47 @@ def test_finish_interrupt_registers_memory_and_teardown_while_running(kernel: Ke
 
 def test_errors_are_one_line_and_leave_no_gdb(kernel: Kernel, tmp_path: Path) -> None:
     assert kernel.symbols is not None
-    with Gdb(tmp_path / "gdb.transcript") as gdb:
+    transcript = tmp_path / "gdb.transcript"
+    with Gdb(tmp_path / "never.sock", transcript, kernel.symbols) as gdb:
         pid = gdb.pid
         start = time.monotonic()
         gdb.load_symbols(kernel.symbols)
         load = time.monotonic() - start
         assert load < 2.0, f"loading symbols took {load:.2f} s"
-        with pytest.raises(GdbError) as err:
+        with pytest.raises(DebuggerError) as err:
             gdb.break_at("no_such_symbol")
         assert str(err.value) == ('gdb: break at no_such_symbol: -break-insert "no_such_symbol": '
                                   'Function "no_such_symbol" not defined.')
-        with pytest.raises(GdbError) as err:
+        with pytest.raises(DebuggerError) as err:
             gdb.evaluate("&no_such_symbol")
         assert str(err.value).startswith("gdb: evaluate &no_such_symbol: -data-evaluate-expression "
                                           "\"&no_such_symbol\": no symbol in '&no_such_symbol' is known to GDB")
-        with pytest.raises(GdbError, match="no such file"):
+        with pytest.raises(DebuggerError, match="no such file"):
             gdb.load_symbols(tmp_path / "missing.elf")
 
+        gdb.timeout = 1.0                                # how long connect() waits for the socket
         start = time.monotonic()
-        with pytest.raises(GdbError) as err:
-            gdb.connect(tmp_path / "never.sock", timeout=1.0)
+        with pytest.raises(DebuggerError) as err:
+            gdb.connect()                                # the symbols are loaded already: not again
         assert time.monotonic() - start < 3.0
         assert "the socket does not exist (waited 1 s)" in str(err.value) and "\n" not in str(err.value)
-
-        # A socket that exists but where nobody listens: refused until the deadline.
-        refused = tmp_path / "refused.sock"
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.bind(str(refused))
-            with pytest.raises(GdbError, match="Connection refused"):
-                gdb.connect(refused, timeout=0.5)
         assert not gdb.connected
     assert no_process(pid)
-    assert "Function \\\"no_such_symbol\\\" not defined." in (tmp_path / "gdb.transcript").read_text()
+    assert "Function \\\"no_such_symbol\\\" not defined." in transcript.read_text()
+    assert transcript.read_text().count("-file-exec-and-symbols") == 1     # connect() did not load them again
+
+    # A socket that exists but where nobody listens: refused until the deadline.
+    refused = tmp_path / "refused.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s, Gdb(refused, tmp_path / "refused.transcript") as gdb:
+        s.bind(str(refused))
+        gdb.timeout = 0.5
+        with pytest.raises(DebuggerError, match="Connection refused"):
+            gdb.connect()
+        assert not gdb.connected
 
 
 def test_no_gdb_survives_an_exception_in_the_with_block(tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError), Gdb(tmp_path / "gdb.transcript") as gdb:
+    with pytest.raises(RuntimeError), Gdb(tmp_path / "gdb.sock", tmp_path / "gdb.transcript") as gdb:
         pid = gdb.pid
         raise RuntimeError("boom")
     assert no_process(pid)
@@ -261,10 +265,9 @@ def test_no_gdb_survives_an_exception_in_the_with_block(tmp_path: Path) -> None:
 
 # --- recorded scenarios (replayed by tests/unit/test_gdb_mi.py) ---------------------------------
 
-def scenario_stops(gdb: Gdb, sock: Path, symbols: Path) -> dict[str, object]:
+def scenario_stops(gdb: Gdb) -> dict[str, object]:
     """Stops at text_poke_early: each *stopped arrives right behind the ^running of its continue."""
-    gdb.load_symbols(symbols)
-    facts: dict[str, object] = {"initial": _stop(gdb.connect(sock, timeout=10))}
+    facts: dict[str, object] = {"initial": _stop(gdb.connect())}
     bp = gdb.break_at("text_poke_early", hardware=True)
     facts["breakpoint"] = [bp.number, bp.address, bp.location, bp.hardware, bp.temporary]
     stops = []
@@ -281,10 +284,9 @@ def scenario_stops(gdb: Gdb, sock: Path, symbols: Path) -> dict[str, object]:
     return facts
 
 
-def scenario_disconnect(gdb: Gdb, sock: Path, symbols: Path) -> dict[str, object]:
+def scenario_disconnect(gdb: Gdb) -> dict[str, object]:
     """The guest panics (no root fs) and QEMU exits (-no-reboot) while GDB waits for a stop."""
-    gdb.load_symbols(symbols)
-    gdb.connect(sock, timeout=10)
+    gdb.connect()
     gdb.cont()
     stop = gdb.wait_stop(120)
     return {"stop": _stop(stop), "connected": gdb.connected}
@@ -307,8 +309,8 @@ def _record(name: str, transcript: Path, facts: dict[str, object]) -> None:
 def test_scenario_stops(kernel: Kernel, tmp_path: Path) -> None:
     assert kernel.symbols is not None
     transcript = tmp_path / "gdb.transcript"
-    with booted(kernel) as (_vm, sock), Gdb(transcript) as gdb:
-        facts = scenario_stops(gdb, sock, kernel.symbols)
+    with booted(kernel) as (_vm, sock), Gdb(sock, transcript, kernel.symbols) as gdb:
+        facts = scenario_stops(gdb)
     stops = facts["stops"]
     assert isinstance(stops, list) and len(stops) == 3
     assert all(s["function"] == "text_poke_early" and s["reason"] == "breakpoint-hit" for s in stops)
@@ -321,8 +323,8 @@ def test_scenario_stops(kernel: Kernel, tmp_path: Path) -> None:
 def test_scenario_disconnect(kernel: Kernel, tmp_path: Path) -> None:
     assert kernel.symbols is not None
     transcript = tmp_path / "gdb.transcript"
-    with booted(kernel) as (vm, sock), Gdb(transcript) as gdb:
-        facts = scenario_disconnect(gdb, sock, kernel.symbols)
+    with booted(kernel) as (vm, sock), Gdb(sock, transcript, kernel.symbols) as gdb:
+        facts = scenario_disconnect(gdb)
         deadline = time.monotonic() + 10
         while vm.alive() and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from framework.debugger.mi import GdbError, GdbTimeout
+from framework.debugger.contract import DebuggerError, DebuggerTimeout
 from framework.debugger.rsp import Rsp
 from framework.elf.vmlinux import Symbols, Vmlinux
 from framework.guest import initramfs
@@ -107,7 +107,7 @@ def test_trace_text_poke_early_then_let_the_guest_boot(kernel: Kernel, image: Vm
     text = image.sections[".text"]
     transcript = tmp_path / "rsp.transcript"
     with booted(kernel, initrd) as (_vm, sock, console), Rsp(sock, transcript) as rsp:
-        rsp.connect(timeout=10)
+        rsp.connect()
         first = rsp.break_at(start_kernel, temporary=True)
         rsp.cont()
         stop = rsp.wait_stop(60)
@@ -165,7 +165,7 @@ def test_cont_steps_off_a_breakpoint_interrupt_and_errors(kernel: Kernel, image:
     transcript = tmp_path / "rsp.transcript"
     with booted(kernel, initrd) as (_vm, sock, console):
         with Rsp(sock, transcript, timeout=20) as rsp:
-            rsp.connect(timeout=10)
+            rsp.connect()
             bp = rsp.break_at(tpe, hardware=True)
             rsp.cont()
             first = rsp.wait_stop(60)
@@ -177,7 +177,7 @@ def test_cont_steps_off_a_breakpoint_interrupt_and_errors(kernel: Kernel, image:
 
             rsp.delete(bp)
             rsp.cont()
-            with pytest.raises(GdbTimeout, match=r"gdb: wait for a stop: no stop reply within 0.3 s"):
+            with pytest.raises(DebuggerTimeout, match=r"gdb: wait for a stop: no stop reply within 0.3 s"):
                 rsp.wait_stop(0.3)                    # running, no breakpoint left
             stop = rsp.interrupt()
             assert (stop.reason, stop.signal, stop.breakpoint) == ("signal-received", "SIGINT", None)
@@ -192,12 +192,12 @@ def test_cont_steps_off_a_breakpoint_interrupt_and_errors(kernel: Kernel, image:
             rsp.set_register("rax", 0x1122334455667788)
             assert rsp.registers(["rax"]) == {"rax": 0x1122334455667788}
             rsp.set_register("rax", rax)
-            with pytest.raises(GdbError, match="Cannot access memory at address 0x0") as err:
+            with pytest.raises(DebuggerError, match="Cannot access memory at address 0x0") as err:
                 rsp.read_memory(0, 16)
             assert "\n" not in str(err.value)
-            with pytest.raises(GdbError, match="no register named nosuch"):
+            with pytest.raises(DebuggerError, match="no register named nosuch"):
                 rsp.registers(["nosuch"])
-            with pytest.raises(GdbError, match="resolve symbols"):
+            with pytest.raises(DebuggerError, match="resolve symbols"):
                 rsp.break_at("text_poke_early")
 
             rsp.cont()                                # left running: close() interrupts and detaches

@@ -21,14 +21,12 @@ from pathlib import Path
 import pytest
 
 from framework.debugger import mi as gdbmod
+from framework.debugger.contract import Breakpoint, DebuggerError, DebuggerTimeout, Stop
 from framework.debugger.mi import (
-    Breakpoint,
     Gdb,
-    GdbError,
-    GdbTimeout,
     Inbox,
     Record,
-    Stop,
+    breakpoint_from_mi,
     error_message,
     mi_quote,
     parse_int,
@@ -37,6 +35,7 @@ from framework.debugger.mi import (
     parse_register_names,
     parse_registers,
     replay,
+    stop_from_record,
     transcript_received,
 )
 from framework.errors import InfrastructureError, ToolMissingError
@@ -104,34 +103,34 @@ def test_parse_int() -> None:
 
 
 def test_stops() -> None:
-    hit = Stop.from_record(parse_record(
+    hit = stop_from_record(parse_record(
         '*stopped,reason="breakpoint-hit",disp="keep",bkptno="2",frame={addr="0xffffffff8103be50",'
         'func="text_poke_early",args=[],arch="i386:x86-64"},thread-id="1",stopped-threads="all"'))
     assert hit == Stop("breakpoint-hit", 0xFFFFFFFF8103BE50, "text_poke_early", 2, None, {})
     assert hit.raw["bkptno"] == "2" and "breakpoint 2" in hit.describe()
-    sig = Stop.from_record(parse_record(
+    sig = stop_from_record(parse_record(
         '*stopped,reason="signal-received",signal-name="SIGINT",signal-meaning="Interrupt",'
         'frame={addr="0xffffffff81e01d30",func="__x86_return_thunk",args=[]}'))
     assert (sig.reason, sig.signal, sig.breakpoint) == ("signal-received", "SIGINT", None)
-    first = Stop.from_record(parse_record('*stopped,frame={addr="0x000000000000fff0",func="??",args=[]}'))
+    first = stop_from_record(parse_record('*stopped,frame={addr="0x000000000000fff0",func="??",args=[]}'))
     assert (first.reason, first.address, first.function) == ("unknown", 0xFFF0, None)
-    ended = Stop.from_record(parse_record('*stopped,reason="exited-normally"'))
+    ended = stop_from_record(parse_record('*stopped,reason="exited-normally"'))
     assert (ended.reason, ended.address) == ("exited-normally", None)
     with pytest.raises(ValueError):
-        Stop.from_record(parse_record("*running,thread-id=\"all\""))
+        stop_from_record(parse_record("*running,thread-id=\"all\""))
     hash(hit)       # raw is left out of eq and hash
 
 
 def test_breakpoints() -> None:
-    bp = Breakpoint.from_mi(parse_record(
+    bp = breakpoint_from_mi(parse_record(
         '9^done,bkpt={number="1",type="hw breakpoint",disp="keep",enabled="y",addr="0xffffffff8103be50",'
         'at="<text_poke_early>",thread-groups=["i1"],times="0",original-location="text_poke_early"}'
     ).results["bkpt"])  # type: ignore[arg-type]
     assert bp == Breakpoint(1, 0xFFFFFFFF8103BE50, "text_poke_early", True, False)
-    temp = Breakpoint.from_mi({"number": "4", "type": "breakpoint", "disp": "del", "addr": "<MULTIPLE>"}, "*0x10")
+    temp = breakpoint_from_mi({"number": "4", "type": "breakpoint", "disp": "del", "addr": "<MULTIPLE>"}, "*0x10")
     assert temp == Breakpoint(4, None, "*0x10", False, True)
     with pytest.raises(ValueError):
-        Breakpoint.from_mi({"type": "breakpoint"})
+        breakpoint_from_mi({"type": "breakpoint"})
 
 
 def test_registers_memory_and_errors() -> None:
@@ -150,13 +149,13 @@ def test_registers_memory_and_errors() -> None:
 
 
 def test_errors_are_one_line_and_in_the_tree() -> None:
-    err = GdbError("detach", "-target-detach", "Cannot execute this command while the target is running.\n"
-                   "Use the \"interrupt\" command to stop the target\nand then try again.")
+    err = DebuggerError("detach", "-target-detach", "Cannot execute this command while the target is running.\n"
+                        "Use the \"interrupt\" command to stop the target\nand then try again.")
     assert isinstance(err, InfrastructureError)
     assert str(err) == ('gdb: detach: -target-detach: Cannot execute this command while the target is running. '
                         'Use the "interrupt" command to stop the target and then try again.')
-    timeout = GdbTimeout("wait for a stop", "*stopped record", 5.0)
-    assert isinstance(timeout, GdbError)
+    timeout = DebuggerTimeout("wait for a stop", "*stopped record", 5.0)
+    assert isinstance(timeout, DebuggerError)
     assert str(timeout) == "gdb: wait for a stop: no *stopped record within 5 s"
 
 
@@ -185,7 +184,7 @@ def test_replayed_sessions_keep_every_result_and_stop_in_order(name: str) -> Non
     inbox = replay(lines)
     tokens = [int(line.split("^", 1)[0]) for line in lines if line[:1].isdigit() and "^" in line]
     assert [inbox.take_result(t) is not None for t in tokens] == [True] * len(tokens)
-    expected = [Stop.from_record(parse_record(line)) for line in lines if line.startswith("*stopped")]
+    expected = [stop_from_record(parse_record(line)) for line in lines if line.startswith("*stopped")]
     taken = []
     while (stop := inbox.take_stop()) is not None:
         taken.append(stop)
@@ -294,9 +293,10 @@ def test_recorded_scenarios_replay_to_the_same_facts(name: str, fake_gdb: str, g
     monkeypatch.setenv("FAKE_GDB_TRANSCRIPT", str(DATA / f"{name}.transcript"))
     scenario = scenario_stops if name == "stops" else scenario_disconnect
     transcript = tmp_path / "replay.transcript"
-    with Gdb(transcript, gdb=fake_gdb, timeout=5) as gdb:
+    # The fake GDB answers -file-exec-and-symbols from the recording: any existing file will do.
+    with Gdb(gdbstub, transcript, DATA / f"{name}.json", gdb=fake_gdb, timeout=5) as gdb:
         pid = gdb.pid
-        facts = scenario(gdb, gdbstub, DATA / f"{name}.json")
+        facts = scenario(gdb)
     assert json.loads(json.dumps(facts)) == json.loads((DATA / f"{name}.json").read_text())
     assert gone(pid)
     # The replay's own transcript has what the fake printed, line for line.
@@ -306,9 +306,9 @@ def test_recorded_scenarios_replay_to_the_same_facts(name: str, fake_gdb: str, g
 def test_a_mute_gdb_times_out_and_is_killed(fake_gdb: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FAKE_GDB_MODE", "mute")
     monkeypatch.setenv("FAKE_GDB_STUBBORN", "1")        # ignores SIGTERM too: only SIGKILL ends it
-    gdb = Gdb(tmp_path / "t", gdb=fake_gdb, timeout=0.3)
+    gdb = Gdb(tmp_path / "gdb.sock", tmp_path / "t", gdb=fake_gdb, timeout=0.3)
     start = time.monotonic()
-    with pytest.raises(GdbTimeout) as err:
+    with pytest.raises(DebuggerTimeout) as err:
         gdb.start()
     assert str(err.value) == "gdb: start: -gdb-set mi-async on: no result within 0.3 s"
     assert time.monotonic() - start < 3 and gdb.pid is None
@@ -319,30 +319,30 @@ def test_a_mute_gdb_times_out_and_is_killed(fake_gdb: str, tmp_path: Path, monke
 def test_a_gdb_that_dies_is_an_error_not_a_hang(fake_gdb: str, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FAKE_GDB_MODE", "die")
-    with pytest.raises(GdbError, match=r"gdb: start: -gdb-set mi-async on: gdb exited \(status 3\) while "
+    with pytest.raises(DebuggerError, match=r"gdb: start: -gdb-set mi-async on: gdb exited \(status 3\) while "
                                        r"waiting for result"):
-        Gdb(tmp_path / "t", gdb=fake_gdb).start()
+        Gdb(tmp_path / "gdb.sock", tmp_path / "t", gdb=fake_gdb).start()
 
 
 def test_replay_refuses_a_different_command(fake_gdb: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FAKE_GDB_TRANSCRIPT", str(DATA / "stops.transcript"))
-    with Gdb(tmp_path / "t", gdb=fake_gdb) as gdb, pytest.raises(GdbError, match="replay: expected "
-                                                                 "-file-exec-and-symbols, got -break-insert"):
+    with Gdb(tmp_path / "gdb.sock", tmp_path / "t", gdb=fake_gdb) as gdb, \
+            pytest.raises(DebuggerError, match="replay: expected -file-exec-and-symbols, got -break-insert"):
         gdb.break_at(0xFFFFFFFF8103BE50)
 
 
 def test_missing_gdb_and_bad_sockets(tmp_path: Path) -> None:
     with pytest.raises(ToolMissingError, match="apt-get install gdb"):
-        Gdb(tmp_path / "t", gdb=str(tmp_path / "no-gdb")).start()
-    gdb = Gdb(tmp_path / "t")                  # checked before GDB is asked: no process needed
-    with pytest.raises(GdbError, match="':' or white space"):
-        gdb.connect(tmp_path / "a:b.sock", timeout=0.1)
+        Gdb(tmp_path / "gdb.sock", tmp_path / "t", gdb=str(tmp_path / "no-gdb")).start()
+    # Checked before GDB is asked: no process needed.
+    with pytest.raises(DebuggerError, match="':' or white space"):
+        Gdb(tmp_path / "a:b.sock", tmp_path / "t", timeout=0.1).connect()
     regular = tmp_path / "file.sock"
     regular.write_text("")
-    with pytest.raises(GdbError, match="not a unix socket"):
-        gdb.connect(regular, timeout=0.1)
-    with pytest.raises(GdbError, match="QEMU exited before GDB could connect"):
-        gdb.connect(tmp_path / "never.sock", timeout=5, alive=lambda: False)
+    with pytest.raises(DebuggerError, match="not a unix socket"):
+        Gdb(regular, tmp_path / "t", timeout=0.1).connect()
+    with pytest.raises(DebuggerError, match="QEMU exited before GDB could connect"):
+        Gdb(tmp_path / "never.sock", tmp_path / "t", timeout=5, alive=lambda: False).connect()
 
 
 def test_record_is_frozen() -> None:

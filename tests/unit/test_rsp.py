@@ -19,8 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from framework.debugger import open_debugger
 from framework.debugger import rsp as rspmod
-from framework.debugger.mi import GdbError, GdbTimeout, Stop
+from framework.debugger.contract import DebuggerError, DebuggerTimeout, Stop
+from framework.debugger.mi import Gdb
 from framework.debugger.rsp import (
     Frame,
     Register,
@@ -327,7 +329,7 @@ def stub(tmp_path: Path) -> Iterator[FakeStub]:
 @pytest.fixture
 def rsp(stub: FakeStub, tmp_path: Path) -> Iterator[Rsp]:
     with Rsp(stub.path, tmp_path / "rsp.transcript", timeout=5) as client:
-        client.connect(timeout=5)
+        client.connect()
         yield client
 
 
@@ -462,7 +464,7 @@ def test_no_ack_mode_when_the_stub_offers_it(tmp_path: Path) -> None:
     stub = FakeStub(tmp_path / "gdb.sock", noack=True)
     try:
         with Rsp(stub.path, timeout=5) as rsp:
-            rsp.connect(timeout=5)
+            rsp.connect()
             acks = stub.client_acks
             assert acks == 2                                 # qSupported's reply and QStartNoAckMode's OK
             assert rsp.registers(["rip"]) == {"rip": RESET}
@@ -478,7 +480,7 @@ def test_bad_checksums_are_nakked_and_naks_answered(tmp_path: Path) -> None:
     stub.memory[0x1000] = b"\x90" * 16
     try:
         with Rsp(stub.path, tmp_path / "t", timeout=5) as rsp:
-            rsp.connect(timeout=5)
+            rsp.connect()
             assert rsp.registers(["rip"]) == {"rip": RESET}
             assert rsp.read_memory(0x1000, 4) == b"\x90" * 4
             assert stub.sent("qSupported") == ["qSupported:xmlRegisters=i386"]   # NAKked once, sent again
@@ -493,7 +495,7 @@ def test_run_length_encoded_replies(tmp_path: Path) -> None:
     stub.regs["rax"] = 0x1111111111111111
     try:
         with Rsp(stub.path, timeout=5) as rsp:
-            rsp.connect(timeout=5)
+            rsp.connect()
             assert rsp.read_memory(0x2000, 66) == bytes(64) + b"\x01\x02"
             assert rsp.registers(["rax", "rip"]) == {"rax": 0x1111111111111111, "rip": RESET}
         assert stub.rle_used >= 2
@@ -509,7 +511,7 @@ def test_connect_waits_for_the_socket(tmp_path: Path) -> None:
     try:
         with Rsp(path, timeout=5) as rsp:
             start = time.monotonic()
-            rsp.connect(timeout=5)
+            rsp.connect()
             assert 0.25 < time.monotonic() - start < 3 and rsp.connected
     finally:
         timer.join()
@@ -517,22 +519,35 @@ def test_connect_waits_for_the_socket(tmp_path: Path) -> None:
             s.close()
 
 
+def test_open_debugger_builds_either_back_end_unconnected(stub: FakeStub, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="gdb or rsp"):
+        open_debugger("auto", stub.path, tmp_path / "x.log", None)  # type: ignore[arg-type]
+    gdb = open_debugger("gdb", stub.path, tmp_path / "gdb.mi.log", tmp_path / "vmlinux")
+    assert isinstance(gdb, Gdb) and not gdb.connected and gdb.pid is None       # GDB starts on entering
+    assert (gdb.socket, gdb.symbols) == (stub.path, tmp_path / "vmlinux")
+    with open_debugger("rsp", stub.path, tmp_path / "rsp.log", tmp_path / "vmlinux") as dbg:
+        assert isinstance(dbg, Rsp) and not dbg.connected
+        assert dbg.connect() is None
+        assert dbg.connected and dbg.registers(["rip"]) == {"rip": RESET}
+    assert "-> qSupported" in (tmp_path / "rsp.log").read_text() and not dbg.connected
+
+
 def test_connect_errors(tmp_path: Path) -> None:
-    with Rsp(tmp_path / "never.sock") as rsp:
+    with Rsp(tmp_path / "never.sock", timeout=0.3) as rsp:
         start = time.monotonic()
-        with pytest.raises(GdbError) as err:
-            rsp.connect(timeout=0.3)
+        with pytest.raises(DebuggerError) as err:
+            rsp.connect()
         assert time.monotonic() - start < 2
         assert "the socket does not exist (waited 0.3 s)" in str(err.value) and "\n" not in str(err.value)
     refused = tmp_path / "refused.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.bind(str(refused))
-        with Rsp(refused) as rsp, pytest.raises(GdbError, match="Connection refused"):
-            rsp.connect(timeout=0.3)
+        with Rsp(refused, timeout=0.3) as rsp, pytest.raises(DebuggerError, match="Connection refused"):
+            rsp.connect()
     plain = tmp_path / "plain"
     plain.write_text("")
-    with Rsp(plain) as rsp, pytest.raises(GdbError, match="not a unix socket"):
-        rsp.connect(timeout=0.3)
+    with Rsp(plain, timeout=0.3) as rsp, pytest.raises(DebuggerError, match="not a unix socket"):
+        rsp.connect()
     assert not rsp.connected
 
 
@@ -541,8 +556,8 @@ def test_a_stub_without_a_target_description_is_refused(tmp_path: Path) -> None:
                     documents={"target.xml": "<target><feature><reg name='x' bitsize='8'/></feature></target>"})
     try:
         with Rsp(stub.path, timeout=5) as rsp:
-            with pytest.raises(GdbError, match="no rip, rsp in 'g'"):
-                rsp.connect(timeout=5)
+            with pytest.raises(DebuggerError, match="no rip, rsp in 'g'"):
+                rsp.connect()
             assert not rsp.connected
     finally:
         stub.close()
@@ -574,14 +589,14 @@ def test_breakpoints_are_numbered_and_hits_reported(stub: FakeStub, rsp: Rsp) ->
     rsp.delete(a)
     rsp.delete(b)
     assert stub.breakpoints == set()
-    with pytest.raises(GdbError, match="no such breakpoint"):
+    with pytest.raises(DebuggerError, match="no such breakpoint"):
         rsp.delete(a)
-    with pytest.raises(GdbError, match="no such breakpoint"):
+    with pytest.raises(DebuggerError, match="no such breakpoint"):
         rsp.delete(t)
 
 
 def test_symbols_are_the_callers_business(stub: FakeStub, rsp: Rsp) -> None:
-    with pytest.raises(GdbError) as err:
+    with pytest.raises(DebuggerError) as err:
         rsp.break_at("text_poke_early")
     assert "gdb: break at text_poke_early:" in str(err.value) and "resolve symbols" in str(err.value)
     assert stub.sent("Z") == []
@@ -589,26 +604,26 @@ def test_symbols_are_the_callers_business(stub: FakeStub, rsp: Rsp) -> None:
 
 def test_error_replies_are_gdb_errors(stub: FakeStub, rsp: Rsp) -> None:
     stub.refuse.add(A)
-    with pytest.raises(GdbError) as err:
+    with pytest.raises(DebuggerError) as err:
         rsp.break_at(A)
     assert str(err.value) == f"gdb: break at *{A:#x}: Z0,{A:x},1: E22 (EINVAL)"
-    with pytest.raises(GdbError) as err:
+    with pytest.raises(DebuggerError) as err:
         rsp.read_memory(0, 16)
     assert str(err.value) == "gdb: read 16 bytes at 0x0: m0,10: Cannot access memory at address 0x0: E14 (EFAULT)"
-    with pytest.raises(GdbError, match="no register named nosuch"):
+    with pytest.raises(DebuggerError, match="no register named nosuch"):
         rsp.registers(["rip", "nosuch"])
-    with pytest.raises(GdbError, match="no register named nosuch"):
+    with pytest.raises(DebuggerError, match="no register named nosuch"):
         rsp.set_register("nosuch", 1)
-    with pytest.raises(GdbError, match="does not fit in 32 bits"):
+    with pytest.raises(DebuggerError, match="does not fit in 32 bits"):
         rsp.set_register("eflags", 1 << 32)
-    with pytest.raises(GdbError, match="outside the 64-bit address space"):
+    with pytest.raises(DebuggerError, match="outside the 64-bit address space"):
         rsp.read_memory((1 << 64) - 4, 8)
     with pytest.raises(ValueError):
         rsp.read_memory(0, -1)
     # A breakpoint the stub refused is not counted.
     assert rsp.break_at(B).number == 1
     stub.unsupported.add("P")
-    with pytest.raises(GdbError) as err:
+    with pytest.raises(DebuggerError) as err:
         rsp.set_register("rax", 1)
     assert str(err.value) == f"gdb: set rax: P0={bytes([1]).hex()}{'00' * 7}: not supported by the stub (empty reply)"
 
@@ -641,7 +656,7 @@ def test_a_step_that_lands_on_a_breakpoint_is_the_stop(stub: FakeStub, rsp: Rsp)
     assert stub.sent("c", "s")[-1] == "s"                     # no c after the step
     assert (stop.reason, stop.address, stop.breakpoint) == ("breakpoint-hit", B, other.number)
     assert stub.breakpoints == {(0, A)}                       # the temporary one is gone
-    with pytest.raises(GdbError, match="the target is not running and no stop is pending"):
+    with pytest.raises(DebuggerError, match="the target is not running and no stop is pending"):
         rsp.wait_stop(5)
 
 
@@ -659,7 +674,7 @@ def test_registers_come_from_one_g_per_stop(stub: FakeStub, rsp: Rsp) -> None:
                      st0=(1 << 79) | 3, fs_base=0x7F00)
     rsp.cont()
     assert rsp.wait_stop(5).reason == "signal-received"
-    with pytest.raises(GdbError, match="no register named rcx, r8, r9"):
+    with pytest.raises(DebuggerError, match="no register named rcx, r8, r9"):
         rsp.registers()                                       # the default names: this layout lacks some
     regs = rsp.registers(["rip", "rdi", "rsi", "rdx", "rsp", "eflags", "st0", "fs_base"])
     assert regs == {"rip": A, "rdi": 0x1234, "rsi": 0xFFFFFFFF82000000, "rdx": 5, "rsp": 0xFFFFC90000003E00,
@@ -678,7 +693,7 @@ def test_memory_in_pieces_that_fit_the_packet(tmp_path: Path) -> None:
     stub.memory[A] = data
     try:
         with Rsp(stub.path, timeout=5) as rsp:
-            rsp.connect(timeout=5)
+            rsp.connect()
             assert rsp.read_memory(A, 300) == data[:300]
             sizes = [int(p.split(",")[1], 16) for p in stub.sent("m")]
             assert sizes == [124, 124, 52] and all(2 * n + 4 < 0x100 for n in sizes)
@@ -687,7 +702,7 @@ def test_memory_in_pieces_that_fit_the_packet(tmp_path: Path) -> None:
             assert len(stub.sent("M")) == 2 and all(len(p) + 4 < 0x100 for p in stub.sent("M"))
             assert rsp.read_memory(A, 202) == data[:1] + b"\xcc" * 200 + data[201:202]
             rsp.write_memory(A, b"")
-            with pytest.raises(GdbError, match=r"got 12 of 16 bytes at 0x"):
+            with pytest.raises(DebuggerError, match=r"got 12 of 16 bytes at 0x"):
                 rsp.read_memory(A + len(data) - 12, 16)        # the stub's reply is short
     finally:
         stub.close()
@@ -696,10 +711,10 @@ def test_memory_in_pieces_that_fit_the_packet(tmp_path: Path) -> None:
 def test_wait_stop_times_out_and_a_later_wait_gets_the_stop(stub: FakeStub, rsp: Rsp) -> None:
     stub.script = [("delay", 0.4, B)]
     rsp.cont()
-    with pytest.raises(GdbTimeout) as err:
+    with pytest.raises(DebuggerTimeout) as err:
         rsp.wait_stop(0.1)
     assert str(err.value) == "gdb: wait for a stop: no stop reply within 0.1 s"
-    with pytest.raises(GdbError, match="the target is running"):
+    with pytest.raises(DebuggerError, match="the target is running"):
         rsp.registers(["rip"])
     stop = rsp.wait_stop(5)
     assert (stop.reason, stop.address, stop.signal) == ("signal-received", B, "SIGTRAP")
@@ -710,7 +725,7 @@ def test_interrupt(stub: FakeStub, rsp: Rsp) -> None:
     rsp.cont()
     stop = rsp.interrupt()
     assert (stop.reason, stop.signal, stop.address, stop.breakpoint) == ("signal-received", "SIGINT", RESET + 3, None)
-    with pytest.raises(GdbError, match="the target is not running"):
+    with pytest.raises(DebuggerError, match="the target is not running"):
         rsp.interrupt()
     bp = rsp.break_at(A)
     rsp.break_at(B)
@@ -729,7 +744,7 @@ def test_eof_is_a_disconnected_stop(stub: FakeStub, rsp: Rsp) -> None:
     stop = rsp.wait_stop(5)
     assert (stop.reason, stop.address, stop.breakpoint) == ("disconnected", None, None)
     assert not rsp.connected
-    with pytest.raises(GdbError, match="not connected"):
+    with pytest.raises(DebuggerError, match="not connected"):
         rsp.registers(["rip"])
     rsp.detach()                                               # nothing to detach from: no error
 
@@ -744,14 +759,14 @@ def test_exit_reply(stub: FakeStub, rsp: Rsp) -> None:
 def test_commands_time_out(stub: FakeStub, rsp: Rsp, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(stub, "handle", lambda text: True)    # a stub that stopped answering
     rsp.timeout = 0.2
-    with pytest.raises(GdbTimeout) as err:
+    with pytest.raises(DebuggerTimeout) as err:
         rsp.read_memory(A, 4)
     assert str(err.value) == f"gdb: read 4 bytes at {A:#x}: m{A:x},4: no reply within 0.2 s"
 
 
 def test_detach_and_close_leave_the_guest_running(stub: FakeStub, tmp_path: Path) -> None:
     with Rsp(stub.path, tmp_path / "rsp.transcript", timeout=5) as rsp:
-        rsp.connect(timeout=5)
+        rsp.connect()
         rsp.break_at(A)
         rsp.cont()                                             # still running at close: ^C, then D
     assert stub.log[-3:] == ["^C", "g", "D"] and stub.breakpoints == set()
@@ -764,7 +779,7 @@ def test_transcript_keeps_only_the_last_packets(stub: FakeStub, tmp_path: Path) 
     stub.memory[A] = bytes(8)
     transcript = tmp_path / "rsp.transcript"
     with Rsp(stub.path, transcript, timeout=5) as rsp:
-        rsp.connect(timeout=5)
+        rsp.connect()
         for _ in range(rspmod.RING + 100):
             rsp.read_u64(A)
     lines = transcript.read_text().splitlines()

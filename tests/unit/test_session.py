@@ -1,4 +1,4 @@
-"""The debugger session loop (framework/session.py) and the scenario core on recorded and hand-written debuggers.
+"""The session loop (framework/observe/session.py) and the scenario core on recorded and hand-written debuggers.
 
 Recorded: tests/data/sessions/<name>-native.jsonl.gz (made by tests/record_sessions.py
 from real boots) hold every call a real Session made to the debugger, with its
@@ -32,11 +32,12 @@ import pytest
 
 from framework.analysis.trace import Explainer, Model
 from framework.config import Config, parse_config
-from framework.debugger.mi import Breakpoint, GdbError, GdbTimeout, Stop
+from framework.debugger.contract import Breakpoint, DebuggerError, DebuggerTimeout, Stop
 from framework.elf.vmlinux import Section, Symbols
 from framework.observe.capture import Plan
-from framework.observe.session import NOP5, REGISTERS, Options, Outcome, Session
+from framework.observe.session import NOP5, Options, Outcome, Session
 from framework.scenario import (
+    REGISTERS,
     Dump,
     InjectNmi,
     NmiRecord,
@@ -177,7 +178,7 @@ def replay(name: str, tmp_path: Path, edit: Callable[[str], str] = lambda text: 
     session = Session(dbg, RecordedConsole(dbg, header["console"]), symbols,  # type: ignore[arg-type]
                       plan_from_json(header["plan"]), options, lambda text: None)
     if header["raised"] is not None:
-        with pytest.raises(GdbError):
+        with pytest.raises(DebuggerError):
             session.run()
         out = session.out
     else:
@@ -466,10 +467,10 @@ class Guest:
                 return self._at(step)
         if self.end == "marker" and self.console is not None and not self.console.marker.is_set():
             self.console.marker.set()           # the guest runs on, and prints the marker
-            raise GdbTimeout("wait for a stop", "stop reply", timeout)
+            raise DebuggerTimeout("wait for a stop", "stop reply", timeout)
         if self.end == "fatal" and self.console is not None and not self.console.fatal.is_set():
             self.console.fatal.set()
-            raise GdbTimeout("wait for a stop", "stop reply", timeout)
+            raise DebuggerTimeout("wait for a stop", "stop reply", timeout)
         return Stop("exited", None, None, None, None, raw={})
 
     def interrupt(self, timeout: float | None = None) -> Stop:
