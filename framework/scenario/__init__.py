@@ -1,6 +1,6 @@
 """Scenarios: at a breakpoint, when conditions hold, do actions. The pure core.
 
-A config's ``scenario:`` section (parsed and checked by :mod:`framework.config`)
+A config's ``scenario:`` section (parsed and checked by :mod:`framework.scenario.parse`)
 becomes a :class:`Scenario` of :class:`Rule` s. The debugger session (the edge)
 places a breakpoint at each rule's location; at every stop there it builds a
 :class:`StopContext` and asks this module whether the rule matches
@@ -30,9 +30,12 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..elf.vmlinux import Symbols
 from ..errors import ConfigError
+
+if TYPE_CHECKING:   # only in annotations: importing the scenario loads no ELF reader
+    from ..elf.vmlinux import Symbols
 
 __all__ = [
     "ACTIONS",

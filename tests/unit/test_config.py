@@ -821,7 +821,7 @@ if hypothesis is not None:
 
 
 def test_docstring_schema_example_is_a_valid_config() -> None:
-    """The reference at the top of config.py parses (less the crash regex, which needs outcome panics)."""
+    """The reference in framework/config/__init__.py parses (less the crash regex, which needs outcome panics)."""
     import textwrap
 
     import framework.config as config_module

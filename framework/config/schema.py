@@ -1,0 +1,406 @@
+"""The config schema and its checks: YAML text or file to a :class:`~framework.config.model.Config`.
+
+Keys and values are read by :mod:`framework.yamlnode` (scenario rules by
+:mod:`framework.scenario.parse`); checks that involve several keys are in :func:`build_config`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import errno
+import os
+import re
+import stat
+from collections.abc import Mapping
+from pathlib import Path
+from typing import cast
+
+import yaml
+
+from .. import yamlnode as yn
+from ..domain import CAPTURE_POINTS, DEFAULT_HYPERVISOR, DEFAULT_KERNEL, MODES, OUTCOMES, TABLES, Mode, Outcome
+from ..domain import SITE_STATES as STATES
+from ..scenario import StopExpect
+from ..scenario import parse as scenario_parse
+from .model import (
+    DEFAULT_DOM0_MEMORY_MIB,
+    DEFAULT_SILENCE,
+    DEFAULT_TIMEOUT,
+    Config,
+    ConsoleExpect,
+    Expect,
+    Inspect,
+    QemuOptions,
+    SiteAssertion,
+)
+
+__all__ = ["MAX_CONFIG_BYTES", "MAX_NAME_LENGTH", "SCHEMA", "build_config", "load_config", "parse_config",
+           "parse_modes"]
+
+MAX_CONFIG_BYTES = 256 * 1024
+MAX_NAME_LENGTH = 100
+
+
+def _one_line(ctx: yn.Ctx, node: yaml.Node, key: str, text: str) -> None:
+    if "\n" in text or "\r" in text:
+        raise ctx.fail(node, f"{key}: {yn.quote(text)} contains a newline; the command line is one line")
+    bad = [c for c in text if ord(c) < 0x20 or ord(c) == 0x7F]
+    if bad:
+        raise ctx.fail(node, f"{key}: {yn.quote(text)} contains control character U+{ord(bad[0]):04X}")
+
+
+def _capture_name(text: str) -> str | None:
+    if text in CAPTURE_POINTS or re.fullmatch(scenario_parse.SYMBOL, text):
+        return None
+    return (f"{yn.quote(text)} is not a capture point: use {', '.join(CAPTURE_POINTS)} "
+            "or a kernel symbol to stop at")
+
+
+def _table_name(text: str) -> str | None:
+    return None if text in TABLES else (f"{yn.quote(text)} is not a patch-site table (one of "
+                                        f"{', '.join(TABLES)}){yn.suggest(text, TABLES)}")
+
+
+def _state_name(text: str) -> str | None:
+    return None if text in STATES else (f"{yn.quote(text)} is not a site state (one of "
+                                        f"{', '.join(STATES)}){yn.suggest(text, STATES)}")
+
+
+def _at_most(ctx: yn.Ctx, node: yaml.Node, key: str) -> int | None:
+    if yn.is_null(node):
+        return None
+    value = yn.whole(node)
+    if value is None or value < 0:
+        raise ctx.fail(node, f"{key} must be a whole number >= 0 (the most allowed), not {yn.describe(node)}")
+    return value
+
+
+def _count_range(ctx: yn.Ctx, node: yaml.Node, key: str) -> tuple[int, int]:
+    """A count: N, or [min, max]."""
+    value = yn.whole(node)
+    if value is not None and value >= 0:
+        return value, value
+    if isinstance(node, yaml.SequenceNode) and len(node.value) == 2:
+        low, high = (yn.whole(n) for n in node.value)
+        if low is not None and high is not None and 0 <= low <= high:
+            return low, high
+    raise ctx.fail(node, f"{key} must be a number of sites or [min, max] with min <= max, not {yn.describe(node)}")
+
+
+def _insns(ctx: yn.Ctx, node: yaml.Node, key: str) -> str:
+    """Instructions: "pushf; pop %rax", or a list of them; [] means only NOPs."""
+    if isinstance(node, yaml.SequenceNode):
+        return "; ".join(text for _, _, text in yn.items(ctx, node, key, "a list of instructions", split=False))
+    text = yn.scalar_text(ctx, node, key, "instructions such as 'pushf; pop %rax', or [] for only NOPs")
+    if not text.strip():
+        raise ctx.fail(node, f"{key}: write [] for a site that holds only NOPs")
+    return text
+
+
+_SITE_CHECKS = ("insns", "insns_regex", "state", "count")
+
+_SITE_RULE = yn.Section({
+    "table": yn.choice(TABLES),
+    "op": yn.text("a pv_ops member such as 'irq.save_fl'", pattern=r"[a-z_]+(\.[a-z0-9_]+)+"),
+    "feature": yn.text("a CPU feature such as 'X86_FEATURE_XENPV' or '!X86_FEATURE_XENPV'",
+                       pattern=r"!?X86_FEATURE_\S+"),
+    "symbol": yn.optional_regex,
+    "at": yn.text("a capture point", pattern=r"\S+"),
+    "insns": _insns,
+    "insns_regex": yn.regex,
+    "state": yn.names("a site state or a list of them", _state_name),
+    "count": _count_range,
+})
+
+
+def _site_assertions(ctx: yn.Ctx, node: yaml.Node, key: str) -> tuple[SiteAssertion, ...]:
+    if yn.is_null(node):
+        return ()
+    out: list[SiteAssertion] = []
+    for item_key, item in yn.mappings(ctx, node, key, "of site assertions, e.g. [{table: paravirt, state: patched}]",
+                                      "{op: irq.save_fl, insns: 'pushf; pop %rax'}"):
+        values = yn.read_section(ctx, item, _SITE_RULE, item_key + ".")
+        checks = [c for c in _SITE_CHECKS if values.get(c) is not None]
+        if len(checks) != 1:
+            raise ctx.fail(item, f"{item_key} needs exactly one of {', '.join(_SITE_CHECKS)}"
+                                 + (f" (it has {', '.join(checks)})" if checks else ""))
+        out.append(SiteAssertion(
+            table=cast(str | None, values.get("table")), op=cast(str | None, values.get("op")),
+            feature=cast(str | None, values.get("feature")),
+            symbol=cast(re.Pattern[str] | None, values.get("symbol")), at=cast(str | None, values.get("at")),
+            insns=cast(str | None, values.get("insns")),
+            insns_regex=cast(re.Pattern[str] | None, values.get("insns_regex")),
+            state=cast(tuple[str, ...] | None, values.get("state")),
+            count=cast(tuple[int, int] | None, values.get("count")), line=yn.line_of(item)))
+    return tuple(out)
+
+
+def parse_modes(ctx: yn.Ctx, node: yaml.Node, key: str) -> tuple[Mode, ...]:
+    """``mode:``: one mode, or a list of them without repeats."""
+    valid = ", ".join(MODES)
+    items: list[tuple[str, yaml.Node, str]]
+    if isinstance(node, yaml.ScalarNode):
+        items = [(key, node, yn.scalar_text(ctx, node, key, f"one of {valid} or a list of them"))]
+    else:
+        items = yn.items(ctx, node, key, f"one of {valid} or a list of them", split=False)
+        if not items:
+            raise ctx.fail(node, f"{key} must name at least one of {valid}")
+    seen: list[str] = []
+    for item_key, item, text in items:
+        if text not in MODES:
+            close = difflib.get_close_matches(text, MODES, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ctx.fail(item, f"{item_key}: unknown mode {yn.quote(text)} "
+                                 f"({hint}valid modes: {valid})")
+        if text in seen:
+            raise ctx.fail(item, f"{item_key}: mode {yn.quote(text)} is listed twice")
+        seen.append(text)
+    return cast(tuple[Mode, ...], tuple(seen))
+
+
+def _initramfs(ctx: yn.Ctx, node: yaml.Node, key: str) -> str:
+    text = yn.text("'default', 'none' or the path of an initramfs file")(ctx, node, key)
+    assert isinstance(text, str)
+    if text in ("default", "none"):
+        return text
+    resolved = os.path.abspath(os.path.join(ctx.base_dir, os.path.expanduser(text)))
+    try:
+        mode = os.stat(resolved).st_mode
+    except (OSError, ValueError) as err:
+        if isinstance(err, OSError) and err.errno not in (errno.ENOENT, errno.ENOTDIR):
+            raise ctx.fail(node, f"{key}: cannot use {resolved} ({err.strerror or err})") from None
+        close = difflib.get_close_matches(text, ("default", "none"), n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ctx.fail(node, f"{key}: file {resolved} not found{hint}") from None
+    if not stat.S_ISREG(mode):
+        raise ctx.fail(node, f"{key}: {resolved} is not a regular file")
+    return resolved
+
+
+# Options of qemu.extra that patchscope sets itself, with the reason shown to the user.
+_RESERVED_QEMU_OPTIONS: Mapping[str, str] = {
+    "kernel": "patchscope sets -kernel itself; use the kernel: key",
+    "initrd": "patchscope sets -initrd itself; use the initramfs: key",
+    "append": "patchscope sets -append itself; use the cmdline: key (xen_cmdline: for Xen)",
+    "m": "patchscope sets -m itself; use qemu.memory (dom0_memory for xen-pv dom0)",
+    "smp": "patchscope sets -smp itself; use qemu.smp",
+    "cpu": "patchscope sets -cpu itself; use qemu.cpu",
+    "serial": "patchscope owns the serial console it reads; remove -serial",
+    "chardev": "patchscope owns QEMU's character devices (console, monitor, gdb); remove -chardev",
+    "monitor": "patchscope owns the QEMU monitor; remove -monitor",
+    "mon": "patchscope owns the QEMU monitor; remove -mon",
+    "qmp": "patchscope owns the QMP socket; remove -qmp",
+    "qmp-pretty": "patchscope owns the QMP socket; remove -qmp-pretty",
+    "nographic": "patchscope sets up the display and console itself; remove -nographic",
+    "daemonize": "patchscope needs QEMU in the foreground; remove -daemonize",
+    "readconfig": "patchscope cannot check options inside a QEMU config file; "
+                  "put them in qemu.extra instead",
+    "S": "patchscope starts the guest CPUs itself; remove -S",
+    "gdb": "the gdbstub must never listen on TCP and patchscope attaches gdb itself; remove -gdb",
+    "s": "-s opens a gdbstub on TCP port 1234, which is never allowed; "
+         "patchscope attaches gdb itself; remove -s",
+}
+
+
+def _qemu_arg(ctx: yn.Ctx, node: yaml.Node, key: str, text: str) -> None:
+    if text.startswith("-"):
+        words = text.lstrip("-").split("=", 1)[0].split()
+        option = words[0] if words else ""
+        if option in _RESERVED_QEMU_OPTIONS:
+            raise ctx.fail(node, f"{key}: {_RESERVED_QEMU_OPTIONS[option]}")
+
+
+# --------------------------------------------------------------------------- the schema
+
+_NAME_PATTERN = rf"(?![.]+$)[A-Za-z0-9._-]{{1,{MAX_NAME_LENGTH}}}"
+_NAME_WHAT = f"1-{MAX_NAME_LENGTH} letters, digits, '.', '_' or '-' (not only dots)"
+
+SCHEMA = yn.Section({
+    "name": yn.text(_NAME_WHAT, pattern=_NAME_PATTERN),
+    "kernel": yn.text("a kernel reference such as 'debian-6.1'"),
+    "mode": parse_modes,
+    "hypervisor": yn.text("a hypervisor reference such as 'xen-4.17' or 'path:/boot/xen'"),
+    "cmdline": yn.words("a list of kernel arguments", split=True, check=_one_line),
+    "xen_cmdline": yn.words("a list of Xen arguments", split=True, check=_one_line),
+    "dom0_memory": yn.mib(),
+    "qemu": yn.Section({
+        "cpu": yn.text("a QEMU CPU model such as 'max' (no spaces)", pattern=r"\S+", optional=True),
+        "memory": yn.mib(optional=True),
+        "smp": yn.count,
+        "extra": yn.words("a list of QEMU arguments", split=True, check=_qemu_arg),
+    }),
+    "initramfs": _initramfs,
+    "init_commands": yn.words("a list of shell commands, e.g. ['cat /proc/interrupts']",
+                              split=False),
+    "timeout": yn.seconds,
+    "silence": yn.seconds,
+    "inspect": yn.Section({
+        "capture": yn.names("a capture point or a list of them", _capture_name),
+        "tables": yn.names("a table name or a list of them", _table_name),
+        "trace": yn.flag,
+    }),
+    "scenario": scenario_parse.SCENARIO,
+    "expect": yn.Section({
+        "stops": scenario_parse.stop_expects,
+        "nmi": scenario_parse.nmi,
+        "sites": _site_assertions,
+        "oversized": _at_most,
+        "unknown_changes": _at_most,
+        "pv_indirect": _at_most,
+        "outcome": yn.choice(OUTCOMES),
+        "crash": yn.optional_regex,
+        "allow_crashes": yn.regexes,
+        "console": yn.Section({
+            "contains": yn.regexes,
+            "excludes": yn.regexes,
+        }),
+    }),
+})
+
+
+# --------------------------------------------------------------------------- building
+
+
+def build_config(ctx: yn.Ctx, values: Mapping[str, object], name: str, path: Path | None) -> Config:
+    """Dataclasses from values read against :data:`SCHEMA`, after the checks that involve several keys."""
+    get = yn.get
+    qemu = get(values, "qemu", cast(Mapping[str, object], {}))
+    expect = get(values, "expect", cast(Mapping[str, object], {}))
+    console = get(expect, "console", cast(Mapping[str, object], {}))
+    lines = ctx.lines
+
+    outcome = get(expect, "outcome", "boots")
+    crash = get(expect, "crash", cast(re.Pattern[str] | None, None))
+    allow_crashes = get(expect, "allow_crashes", cast(tuple[re.Pattern[str], ...], ()))
+    initramfs = get(values, "initramfs", "default")
+    init_commands = get(values, "init_commands", cast(tuple[str, ...], ()))
+    timeout = get(values, "timeout", DEFAULT_TIMEOUT)
+    silence = get(values, "silence", min(DEFAULT_SILENCE, timeout))
+
+    if crash is not None and outcome != "panics":
+        raise ctx.fail(lines.get("expect.crash"),
+                       f"expect.crash only applies to outcome 'panics' (outcome is {outcome!r}); "
+                       "remove it or set expect.outcome: panics")
+    if allow_crashes and outcome == "hangs":
+        raise ctx.fail(lines.get("expect.allow_crashes"),
+                       "expect.allow_crashes cannot be used with outcome 'hangs' (a run that "
+                       "crashes did not hang); remove it or change expect.outcome")
+    if init_commands and initramfs == "none":
+        raise ctx.fail(lines.get("init_commands"),
+                       "init_commands need patchscope's /init, but initramfs is 'none'; "
+                       "remove them or use initramfs: default")
+    if outcome == "boots" and initramfs == "none":
+        raise ctx.fail(lines.get("initramfs", lines.get("expect.outcome")),
+                       "initramfs: none cannot go with outcome 'boots': without patchscope's /init "
+                       "nothing prints the success marker; use initramfs: default or set "
+                       "expect.outcome to panics or hangs")
+    if silence > timeout:
+        raise ctx.fail(lines.get("silence"),
+                       f"silence ({silence:g}s) must not be longer than timeout ({timeout:g}s)")
+    inspect_values = cast(Mapping[str, object] | None, values.get("inspect"))
+    inspect = None
+    if inspect_values is not None:
+        inspect = Inspect(captures=get(inspect_values, "capture", Inspect.captures),
+                          tables=get(inspect_values, "tables", Inspect.tables),
+                          trace=get(inspect_values, "trace", False))
+    sites = get(expect, "sites", cast(tuple[SiteAssertion, ...], ()))
+    for key in ("sites", "oversized", "unknown_changes", "pv_indirect"):
+        if expect.get(key) not in (None, ()) and inspect is None:
+            raise ctx.fail(lines.get(f"expect.{key}"),
+                           f"expect.{key} needs an inspect: section saying what to capture, "
+                           "e.g. inspect: {capture: after-patching}")
+    for index, assertion in enumerate(sites):
+        assert inspect is not None
+        if assertion.at is not None and assertion.at not in inspect.captures:
+            raise ctx.fail(lines.get(f"expect.sites[{index}].at"),
+                           f"expect.sites[{index}].at: {assertion.at!r} is not captured; "
+                           f"inspect.capture has {', '.join(inspect.captures)}")
+        if assertion.table is not None and assertion.table not in inspect.tables:
+            raise ctx.fail(lines.get(f"expect.sites[{index}].table"),
+                           f"expect.sites[{index}].table: {assertion.table!r} is not in inspect.tables")
+
+    scenario = scenario_parse.build_scenario(ctx, values)
+    stops = get(expect, "stops", cast(tuple[StopExpect, ...], ()))
+    nmi = cast(str | tuple[str, ...] | None, expect.get("nmi"))
+    if stops and scenario is None:
+        raise ctx.fail(lines.get("expect.stops"),
+                       "expect.stops needs a scenario: section whose rules stop there, "
+                       "e.g. scenario: {rules: [{on: int3_magic, do: [record]}]}")
+    rule_ats = [rule.on.at for rule in scenario.rules] if scenario is not None else []
+    for index, stop in enumerate(stops):
+        if stop.at not in rule_ats:
+            raise ctx.fail(lines.get(f"expect.stops[{index}].at"),
+                           f"expect.stops[{index}].at: no scenario rule stops at {stop.at!r}"
+                           f"{yn.suggest(stop.at, rule_ats)}; write a rule's on: exactly as it is written "
+                           f"({', '.join(dict.fromkeys(rule_ats))})")
+    if nmi is not None and (scenario is None or not scenario.injects_nmi()):
+        raise ctx.fail(lines.get("expect.nmi"),
+                       "expect.nmi needs a scenario rule that injects an NMI (do: [inject-nmi]); "
+                       "add one or remove expect.nmi")
+
+    return Config(
+        name=get(values, "name", name),
+        path=path,
+        kernel=get(values, "kernel", DEFAULT_KERNEL),
+        modes=get(values, "mode", MODES),
+        hypervisor=get(values, "hypervisor", DEFAULT_HYPERVISOR),
+        cmdline=get(values, "cmdline", ()),
+        xen_cmdline=get(values, "xen_cmdline", ()),
+        dom0_memory_mib=get(values, "dom0_memory", DEFAULT_DOM0_MEMORY_MIB),
+        qemu=QemuOptions(
+            cpu=get(qemu, "cpu", None),
+            memory_mib=get(qemu, "memory", None),
+            smp=get(qemu, "smp", 1),
+            extra=get(qemu, "extra", ()),
+        ),
+        initramfs=initramfs,
+        init_commands=init_commands,
+        timeout=float(timeout),
+        silence=float(silence),
+        expect=Expect(
+            outcome=cast(Outcome, outcome),
+            crash=crash,
+            allow_crashes=allow_crashes,
+            console=ConsoleExpect(
+                contains=get(console, "contains", ()),
+                excludes=get(console, "excludes", ()),
+            ),
+            sites=sites,
+            oversized=cast(int | None, expect.get("oversized")),
+            unknown_changes=cast(int | None, expect.get("unknown_changes")),
+            pv_indirect=cast(int | None, expect.get("pv_indirect")),
+            stops=stops,
+            nmi=nmi,
+        ),
+        inspect=inspect,
+        scenario=scenario,
+        lines=dict(lines),
+    )
+
+
+def _default_name(path: Path | None) -> str:
+    if path is None:
+        return "adhoc"
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", path.stem)[:MAX_NAME_LENGTH]
+    return name if name.strip(".") else "adhoc"
+
+
+# --------------------------------------------------------------------------- parsing text
+
+
+def parse_config(text: str, path: Path | None = None) -> Config:
+    """Parse and validate config text; ``path`` names it in errors and anchors relative paths."""
+    base = Path(os.path.abspath(path.parent)) if path is not None else Path.cwd()
+    ctx = yn.Ctx(path, base, SCHEMA)
+    root = yn.parse_yaml(ctx, text, kind="config", limit=MAX_CONFIG_BYTES,
+                         if_empty="write '{}' to take every default")
+    if not yn.is_null(root) and not yn.is_mapping(root):
+        raise ctx.fail(root, f"a config must be a mapping of keys (like 'timeout: 60'), not {yn.describe(root)}")
+    values = yn.read_section(ctx, root, SCHEMA)
+    return build_config(ctx, values, _default_name(path), path)
+
+
+def load_config(path: Path) -> Config:
+    """Read and parse the config file at ``path``."""
+    path = Path(path)
+    return parse_config(yn.read_text(path, MAX_CONFIG_BYTES), path)
