@@ -11,23 +11,26 @@ import gzip
 import json
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from . import __version__
+from .analysis.sites import Oversize, SiteState, TextChange
 from .analysis.trace import Event
 from .config import Config, default_config, load_config, with_overrides
-from .domain import DEFAULT_KERNEL, TABLES
+from .domain import DEFAULT_KERNEL, TABLES, VerdictName
 from .errors import PatchscopeError
 from .kernel.fetch import note_stderr
 from .kernel.image import Kernel, cached_kernels, prepare_kernel
 from .kernel.refs import DebianRef, list_recipes, parse_ref
 from .observe.inspection import load_tables
-from .pipeline import RunRequest, artifacts_dir, check_mode, check_saved, execute
-from .report.files import junit, summary_line
-from .verdict import judge
+from .pipeline import RunRequest, artifacts_dir, check, check_mode, execute
+from .report.artefacts import sites_file
+from .report.junit import junit
+from .report.result import RunResult
+from .report.text import reason_lines, summary_line
 
 EXIT_PASS, EXIT_FAIL, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_ARTIFACTS = Path("patchscope-out")
@@ -178,22 +181,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     for cfg in configs:
         for mode in cfg.modes:
             check_mode(mode)
-    results: list[dict[str, Any]] = []
+    results: list[RunResult] = []
     for cfg in configs:
         for mode in cfg.modes:
-            req = RunRequest(cfg, mode, artifacts_dir(args.artifacts, cfg.name, mode), accel=args.accel)
+            req = RunRequest(cfg, check_mode(mode), artifacts_dir(args.artifacts, cfg.name, mode), accel=args.accel)
             result = execute(req, note)
-            results.append(result.data)
-            print(json.dumps(result.data, default=str) if args.json else summary_line(result.data), flush=True)
-            if not args.json:
-                for reason in result.data.get("reasons") or []:
-                    print(f"      - {reason}", flush=True)
+            results.append(result)
+            if args.json:
+                print(json.dumps(result.to_json(), default=str), flush=True)
+            else:
+                print("\n".join([summary_line(result), *reason_lines(result)]), flush=True)
     if args.junit:
         junit(results, args.junit)
-    verdicts = {r["verdict"] for r in results}
-    if "error" in verdicts:
+    return _exit_code(r.verdict for r in results)
+
+
+def _exit_code(verdicts: Iterable[VerdictName]) -> int:
+    seen = set(verdicts)
+    if "error" in seen:
         return EXIT_ERROR
-    return EXIT_FAIL if "fail" in verdicts else EXIT_PASS
+    return EXIT_FAIL if "fail" in seen else EXIT_PASS
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -206,25 +213,22 @@ def cmd_check(args: argparse.Namespace) -> int:
         if not targets:
             raise PatchscopeError(f"{path}: no console.log here or in its subdirectories")
     cfg = load_config(args.expect) if args.expect else None
-    code = EXIT_PASS
+    verdicts: list[VerdictName] = []
     for target in targets:
-        obs, saved = check_saved(target)
-        out: dict[str, Any] = {"path": str(target), "mode": args.mode or (saved or {}).get("mode"),
-                               **obs.to_json()}
-        if cfg is not None:
-            verdict = judge(obs, cfg.expect)
-            out.update(verdict=verdict.verdict, reasons=list(verdict.reasons))
-            if verdict.verdict == "error":
-                code = max(code, EXIT_ERROR)
-            elif not verdict.passed:
-                code = max(code, EXIT_FAIL)
+        checked = check(target, cfg)
+        saved = checked.saved
+        out: dict[str, Any] = {"path": str(target), "mode": args.mode or (saved.mode if saved else None),
+                               **checked.observation.to_json()}
+        if checked.verdict is not None:
+            out.update(verdict=checked.verdict.verdict, reasons=list(checked.verdict.reasons))
+            verdicts.append(checked.verdict.verdict)
         elif saved is not None:
-            out["saved_verdict"] = saved.get("verdict")
+            out["saved_verdict"] = saved.verdict
         if args.json:
             print(json.dumps(out, indent=2, default=str))
         else:
             _print_observation(out)
-    return code
+    return _exit_code(verdicts)
 
 
 def _print_observation(out: dict[str, Any]) -> None:
@@ -250,11 +254,11 @@ def cmd_boot(args: argparse.Namespace) -> int:
     check_mode(args.mode)
     if args.stop_at and not args.gdb:
         raise PatchscopeError("--stop-at needs --gdb")
-    req = RunRequest(cfg, args.mode, artifacts_dir(args.artifacts, "boot", args.mode),
+    req = RunRequest(cfg, check_mode(args.mode), artifacts_dir(args.artifacts, "boot", args.mode),
                      accel=args.accel, interactive=True, gdb=args.gdb, stop_at=args.stop_at)
     result = execute(req, note_stderr)
-    if result.verdict == "error" and result.data.get("error") not in (None, "interrupted"):
-        raise PatchscopeError(str(result.data["error"]))
+    if result.verdict == "error" and result.error not in (None, "interrupted"):
+        raise PatchscopeError(str(result.error))
     print(f"patchscope: console log in {req.outdir / 'console.log'}", file=sys.stderr)
     return EXIT_PASS
 
@@ -267,64 +271,67 @@ def cmd_sites(args: argparse.Namespace) -> int:
     cfg = default_config("sites", kernel=args.kernel, modes=(args.mode,), cmdline=tuple(args.cmdline),
                          hypervisor=args.hypervisor, timeout=300.0,
                          inspect={"capture": [args.at], "tables": list(tables)})
-    req = RunRequest(cfg, args.mode, artifacts_dir(args.artifacts, "sites", args.mode), accel=args.accel)
-    result = execute(req, _quiet if args.json else note_stderr).data
-    report = req.outdir / f"sites-{args.at}.jsonl.gz"
-    if result.get("verdict") == "error" and not report.exists():
-        raise PatchscopeError(str(result.get("error")))
+    req = RunRequest(cfg, check_mode(args.mode), artifacts_dir(args.artifacts, "sites", args.mode), accel=args.accel)
+    result = execute(req, _quiet if args.json else note_stderr)
+    report = req.outdir / sites_file(args.at)
+    if result.verdict == "error" and not report.exists():
+        raise PatchscopeError(str(result.error))
     if args.json:
         if report.exists():
             with gzip.open(report, "rt") as fh:
                 for line in fh:
                     sys.stdout.write(line)
     else:
-        print(f"{args.kernel} [{args.mode}] at {args.at}: {result.get('summary')}  ({req.outdir})")
-        captured = (result.get("sites") or {}).get(args.at)
-        if captured:
-            _print_counts(captured["counts"])
-            for key, label in (("pv_indirect", "pv sites still 'call *pv_ops'"),
-                               ("oversized", "over-sized patches"),
-                               ("unknown_changes", "text changes outside every known site")):
-                found = captured[key]
-                print(f"  {label}: {found['count']}")
-                for item in found["first"][:10]:
-                    print(f"    {item.get('symbol')} {item.get('address')}"
-                          + (f" {item.get('live_insns')}" if item.get("live_insns") else "")
-                          + (f" {item.get('before')} -> {item.get('after')}" if "before" in item else ""))
-        for reason in result.get("reasons") or []:
-            print(f"  - {reason}")
-    return EXIT_PASS if result.get("verdict") == "pass" else (EXIT_ERROR if result.get("verdict") == "error"
-                                                               else EXIT_FAIL)
+        print(f"{args.kernel} [{args.mode}] at {args.at}: {result.summary}  ({req.outdir})")
+        captured = result.analysis.comparisons.get(args.at) if result.analysis is not None else None
+        if captured is not None:
+            _print_counts(captured.counts())
+            findings: tuple[tuple[str, Sequence[SiteState | Oversize | TextChange]], ...] = (
+                ("pv sites still 'call *pv_ops'", captured.pv_indirect),
+                ("over-sized patches", captured.oversized),
+                ("text changes outside every known site", captured.unknown_changes))
+            for label, found in findings:
+                print(f"  {label}: {len(found)}")
+                for item in found[:10]:
+                    print(f"    {_finding(item)}")
+        print("\n".join(reason_lines(result, "  - ")))
+    return _exit_code([result.verdict])
+
+
+def _finding(item: SiteState | Oversize | TextChange) -> str:
+    if isinstance(item, TextChange):
+        return f"{item.symbol} {item.start:#x} {item.before.hex()} -> {item.after.hex()}"
+    st = item.state if isinstance(item, Oversize) else item
+    return f"{st.symbol} {st.site.address:#x}" + (f" {list(st.insns)}" if st.insns else "")
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
     cfg = default_config("trace", kernel=args.kernel, modes=(args.mode,), cmdline=tuple(args.cmdline),
                          hypervisor=args.hypervisor, timeout=args.timeout,
                          init_commands=tuple(args.init_command))
-    req = RunRequest(cfg, args.mode, artifacts_dir(args.artifacts, "trace", args.mode), accel=args.accel,
+    req = RunRequest(cfg, check_mode(args.mode), artifacts_dir(args.artifacts, "trace", args.mode), accel=args.accel,
                      trace=True, debugger=args.debugger)
-    result = execute(req, note_stderr).data
+    result = execute(req, note_stderr)
     events = req.outdir / "trace.jsonl.gz"
-    if result.get("verdict") == "error" and not events.exists():
-        raise PatchscopeError(str(result.get("error")))
+    if result.verdict == "error" and not events.exists():
+        raise PatchscopeError(str(result.error))
     if not args.summary and events.exists():
         with gzip.open(events, "rt") as fh:
             for line in fh:
                 sys.stdout.write(line if args.json else Event.from_json(json.loads(line)).describe() + "\n")
-    summary = (result.get("sites") or {}).get("trace") or {}
+    trace = result.analysis.trace if result.analysis is not None else None
     out = sys.stderr if args.json else sys.stdout
-    print(f"{args.kernel} [{args.mode}]: {summary.get('events', 0)} text writes, "
-          f"{result.get('summary')}  ({req.outdir})", file=out)
-    for window, stages in (summary.get("counts") or {}).items():
-        print(f"  {window:<9} " + ", ".join(f"{k} {v}" for k, v in sorted(stages.items(), key=lambda x: -x[1])),
-              file=out)
-    check = summary.get("self_check") or {}
-    if check:
-        print(f"  {check.get('summary')}", file=out)
-    for reason in result.get("reasons") or []:
-        print(f"  - {reason}", file=out)
-    return EXIT_PASS if result.get("verdict") == "pass" else (EXIT_ERROR if result.get("verdict") == "error"
-                                                               else EXIT_FAIL)
+    print(f"{args.kernel} [{args.mode}]: {trace.events if trace else 0} text writes, "
+          f"{result.summary}  ({req.outdir})", file=out)
+    if trace is not None:
+        for window, stages in trace.counts.items():
+            print(f"  {window:<9} " + ", ".join(f"{k} {v}" for k, v in sorted(stages.items(), key=lambda x: -x[1])),
+                  file=out)
+        if trace.check is not None:
+            print(f"  {trace.check.summary()}", file=out)
+    for line in reason_lines(result, "  - "):
+        print(line, file=out)
+    return _exit_code([result.verdict])
 
 
 def _print_counts(counts: dict[str, dict[str, int]]) -> None:

@@ -1,4 +1,8 @@
-"""One run as a pipeline of stages: resolve kernel -> initramfs -> launch -> observe -> verdict -> report.
+"""One run as a pipeline of stages: resolve kernel -> initramfs -> launch -> observe -> analyse -> judge -> report.
+
+``execute`` runs them all; ``check`` runs the last three on a saved run (its
+console.log, result.json and analysis files), so a saved run is judged exactly
+as the live one was.
 
 Every stage writes into the run's artefacts directory, and result.json is
 written whatever happens (a bad kernel reference, QEMU failing to start, a
@@ -12,17 +16,18 @@ import shlex
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import __version__
 from .analysis.console_log import Ending, LineSplitter, TimedLine, format_line, read_console_file
+from .analysis.findings import Analysis
 from .analysis.observation import Observation, observe
 from .analysis.stages import match_stage
 from .config import Config, Inspect, to_yaml_dict
-from .domain import MODES, Note
+from .domain import MODES, Accel, DebuggerKind, Mode, Note
 from .errors import LaunchError, PatchscopeError, UnsupportedError
 from .guest import initramfs
 from .kernel import xen
@@ -31,8 +36,9 @@ from .kernel.refs import parse_ref
 from .observe.console import ConsoleThread
 from .observe.debug import DebugSession
 from .observe.inspection import Inspection
-from .report.files import RESULT, read_result, write_json
-from .verdict import judge
+from .report.artefacts import load_analysis
+from .report.result import QemuRun, RunResult, load_result, write_result
+from .verdict import Verdict, could_not_run, judge
 from .vm import machine
 from .vm.qemu import Qemu, private_socket_dir, probe_kvm
 
@@ -40,23 +46,14 @@ from .vm.qemu import Qemu, private_socket_dir, probe_kvm
 @dataclass(frozen=True)
 class RunRequest:
     config: Config
-    mode: str
+    mode: Mode
     outdir: Path
-    accel: str = "tcg"            # tcg | kvm | auto
+    accel: Accel = "tcg"
     interactive: bool = False
     gdb: bool = False             # interactive GDB on the terminal (boot --gdb); console to the log only
     stop_at: str | None = None    # with gdb: where GDB stops the guest first
     trace: bool = False           # record every text write (patchscope trace), whatever the config says
-    debugger: str = "auto"        # auto | gdb | rsp: what drives the gdbstub (auto: rsp for traces and scenarios)
-
-
-@dataclass
-class RunResult:
-    data: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def verdict(self) -> str:
-        return str(self.data.get("verdict", "error"))
+    debugger: DebuggerKind = "auto"   # auto: rsp for traces and scenarios, gdb otherwise: what drives the gdbstub (auto: rsp for traces and scenarios)
 
 
 def artifacts_dir(root: Path, name: str, mode: str) -> Path:
@@ -78,9 +75,12 @@ def resolve_accel(accel: str, kernel: Path, note: Note) -> tuple[str, str]:
     return _accel_cache[kernel]
 
 
-def check_mode(mode: str) -> None:
-    if mode not in MODES:
-        raise UnsupportedError(f"mode {mode!r} is not supported yet; supported: {', '.join(MODES)}")
+def check_mode(mode: str) -> Mode:
+    """``mode`` as a Mode, or an error naming the ones there are."""
+    for known in MODES:
+        if mode == known:
+            return known
+    raise UnsupportedError(f"mode {mode!r} is not supported yet; supported: {', '.join(MODES)}")
 
 
 def prepare(config: Config, note: Note) -> Kernel:
@@ -93,30 +93,45 @@ def prepare_xen(config: Config, note: Note) -> xen.Hypervisor:
     return xen.prepare_hypervisor(parse_ref(config.hypervisor, base=base), note)
 
 
+@dataclass
+class _Facts:
+    """What the stages learn about a run before it is judged (filled in as they go)."""
+
+    kernel: dict[str, object] | None = None
+    symbol_source: str | None = None
+    hypervisor: dict[str, object] | None = None
+    accel: tuple[str, str] | None = None
+    argv: list[str] = field(default_factory=list)
+    pid: int | None = None
+    exitcode: int | None = None
+    launch_output: tuple[str, ...] = ()
+
+
 def execute(req: RunRequest, note: Note) -> RunResult:
-    """Run one config in one mode; never raises PatchscopeError (it becomes verdict 'error')."""
+    """Run one config in one mode: prepare -> boot (observe, inspect) -> judge -> report.
+
+    Never raises PatchscopeError (it becomes verdict 'error'); result.json is
+    written whatever happens, Ctrl-C included.
+    """
     cfg = req.config
     out = req.outdir
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    started_at = datetime.datetime.now(datetime.UTC)
+    started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     t0 = time.monotonic()
-    data: dict[str, Any] = {
-        "patchscope": __version__, "name": cfg.name, "mode": req.mode,
-        "config": str(cfg.path) if cfg.path else None, "artifacts": str(out),
-        "started": started_at.isoformat(timespec="seconds"), "verdict": "error",
-        "expect": to_yaml_dict(cfg).get("expect"),
-    }
+    facts = _Facts()
+    observation: Observation | None = None
+    inspection: DebugStep | None = None
+    verdict = could_not_run("the run did not finish")
+    error: str | None = None
     try:
         check_mode(req.mode)
         kernel = prepare(cfg, note)
-        data["kernel"] = kernel.identity()
-        data["symbol_source"] = kernel.symbol_source
+        facts.kernel, facts.symbol_source = kernel.identity(), kernel.symbol_source
         hypervisor = prepare_xen(cfg, note) if req.mode == "xen-pv" else None
         if hypervisor is not None:
-            data["hypervisor"] = hypervisor.identity()
-        inspection: DebugStep | None = None
+            facts.hypervisor = hypervisor.identity()
         if req.gdb:
             inspection = DebugSession(kernel.symbols, req.stop_at, out / "console.log")
         elif (cfg.inspect is not None or cfg.scenario is not None or req.trace) and not req.interactive:
@@ -125,32 +140,40 @@ def execute(req: RunRequest, note: Note) -> RunResult:
                                     where=(cfg.path, cfg.lines.get("inspect.capture")),
                                     trace=req.trace or inspect.trace, scenario=cfg.scenario,
                                     debugger=req.debugger)
-        lines, ending = _boot(req, kernel, hypervisor, note, data, inspection)
-        if hypervisor is not None:
-            data["hypervisor"]["banner"] = xen.banner([text for _, text in lines])
-        obs = observe(lines, ending)
-        comparisons = inspection.comparisons if isinstance(inspection, Inspection) else None
-        verdict = judge(obs, cfg.expect, comparisons)
-        reasons = list(verdict.reasons)
-        if isinstance(inspection, Inspection):
-            data["sites"] = inspection.result()
-            reasons += inspection.reasons(cfg.expect)
-            if inspection.error:
-                reasons.insert(0, f"inspection: {inspection.error}")
-        data.update(obs.to_json())
-        data.update(verdict="pass" if not reasons and verdict.passed else
-                    ("error" if verdict.verdict == "error" else "fail"), reasons=reasons)
+        lines, ending = _boot(req, kernel, hypervisor, note, facts, inspection)
+        if facts.hypervisor is not None:
+            facts.hypervisor["banner"] = xen.banner([text for _, text in lines])
+        observation = observe(lines, ending)
+        verdict = judge(cfg, observation, _analysis(inspection))
     except PatchscopeError as err:
-        data.update(verdict="error", error=str(err), reasons=[str(err)])
+        error = str(err)
+        verdict = could_not_run(error)
         if isinstance(err, LaunchError) and err.output:
-            data["launch_output"] = err.output.splitlines()[-20:]
+            facts.launch_output = tuple(err.output.splitlines()[-20:])
     except KeyboardInterrupt:
-        data.update(verdict="error", error="interrupted", reasons=["interrupted (Ctrl-C or SIGTERM)"])
+        error = "interrupted"
+        verdict = could_not_run("interrupted (Ctrl-C or SIGTERM)")
         raise
     finally:
-        data["duration_s"] = round(time.monotonic() - t0, 3)
-        write_json(out / RESULT, data)
-    return RunResult(data)
+        result = RunResult(
+            name=cfg.name, mode=req.mode, verdict=verdict.verdict, reasons=verdict.reasons, artifacts=str(out),
+            started=started, duration_s=round(time.monotonic() - t0, 3), patchscope=__version__,
+            config=str(cfg.path) if cfg.path else None, expect=_expect_values(cfg), error=error,
+            launch_output=facts.launch_output, kernel=facts.kernel, symbol_source=facts.symbol_source,
+            hypervisor=facts.hypervisor, accel=facts.accel,
+            qemu=QemuRun(tuple(facts.argv), facts.pid, facts.exitcode) if facts.argv else None,
+            observation=observation, analysis=_analysis(inspection))
+        write_result(out, result)
+    return result
+
+
+def _analysis(inspection: DebugStep | None) -> Analysis | None:
+    return inspection.analysis if isinstance(inspection, Inspection) else None
+
+
+def _expect_values(cfg: Config) -> Mapping[str, object] | None:
+    expect = to_yaml_dict(cfg).get("expect")
+    return expect if isinstance(expect, dict) else None
 
 
 # What a GDB-driven inspection gets: the running QEMU (stopped at its first
@@ -159,7 +182,7 @@ DebugStep = Callable[[Qemu, ConsoleThread, machine.Machine], None]
 
 
 def _boot(req: RunRequest, kernel: Kernel, hypervisor: xen.Hypervisor | None, note: Note,
-          data: dict[str, Any], inspect: DebugStep | None = None) -> tuple[list[TimedLine], Ending]:
+          facts: _Facts, inspect: DebugStep | None = None) -> tuple[list[TimedLine], Ending]:
     cfg = req.config
     out = req.outdir
     initrd = _initramfs(cfg, out, req.interactive, note)
@@ -179,12 +202,11 @@ def _boot(req: RunRequest, kernel: Kernel, hypervisor: xen.Hypervisor | None, no
     except ValueError as err:
         raise UnsupportedError(str(err)) from err
     (out / "qemu.cmdline").write_text(shlex.join(argv) + "\n")
-    data["accel"] = {"used": accel, "why": why}
-    data["qemu"] = {"argv": argv}
+    facts.accel, facts.argv = (accel, why), argv
     vm = Qemu(argv, m.qmp_socket, sockdir)
     try:
         vm.launch()
-        data["qemu"]["pid"] = vm.pid
+        facts.pid = vm.pid
         (out / "qemu.pid").write_text(f"{vm.pid}\n")
         what = f"{kernel.ref} as PV dom0 of {hypervisor.ref}" if hypervisor else kernel.ref
         note(f"{cfg.name} [{req.mode}]: booting {what} ({accel}), artefacts in {out}")
@@ -210,7 +232,7 @@ def _boot(req: RunRequest, kernel: Kernel, hypervisor: xen.Hypervisor | None, no
                         console.finished.wait(5.0)
     finally:
         vm.shutdown()
-        data["qemu"]["exitcode"] = vm.exitcode
+        facts.exitcode = vm.exitcode
     if ending.reason == "exit" and vm.exitcode not in (0, None) and not _kernel_spoke(lines):
         tail = "\n".join(text for _, text in lines[-20:])
         raise LaunchError(f"QEMU exited with status {vm.exitcode} before the kernel printed anything: "
@@ -268,24 +290,34 @@ def _interactive(vm: Qemu, log: Any) -> tuple[list[TimedLine], Ending]:
                          None if alive else vm.exitcode)
 
 
-def check_saved(path: Path) -> tuple[Observation, dict[str, Any] | None]:
-    """The observation in a saved console log, or in an artefacts directory."""
-    saved: dict[str, Any] | None = None
+@dataclass(frozen=True)
+class Checked:
+    """A saved run (or any console log) re-judged: the same stages as a live run after the boot."""
+
+    path: Path
+    observation: Observation
+    saved: RunResult | None            # the run's own result, when ``path`` is an artefacts directory
+    verdict: Verdict | None            # against the given config, when there is one
+
+
+def check(path: Path, config: Config | None) -> Checked:
+    """Observe a saved console log again and, with a config, judge it with the run's saved analysis."""
+    saved: RunResult | None = None
+    analysis: Analysis | None = None
     if path.is_dir():
-        saved = read_result(path)
         log = path / "console.log"
         if not log.exists():
             raise UnsupportedError(f"{path}: no console.log here; give a run's artefacts directory "
                                    "(e.g. patchscope-out/<name>/<mode>) or a console log file")
+        saved = load_result(path)
+        analysis = saved.analysis if saved is not None else load_analysis(path)
     else:
         log = path
     lines = read_console_file(log)
-    ending_data = (saved or {}).get("ending")
-    if isinstance(ending_data, dict) and ending_data.get("reason"):
-        ending = Ending(reason=ending_data["reason"], t=float(ending_data.get("t") or 0.0),
-                        exitcode=ending_data.get("exitcode"), silence=ending_data.get("silence"))
+    if saved is not None and saved.observation is not None:
+        ending = saved.observation.ending
     else:
-        last_t = next((t for t, _ in reversed(lines) if t is not None), 0.0)
-        ending = Ending("log-end", last_t or 0.0)
-    return observe(lines, ending), saved
-
+        ending = Ending("log-end", next((t for t, _ in reversed(lines) if t is not None), 0.0))
+    observation = observe(lines, ending)
+    verdict = judge(config, observation, analysis) if config is not None else None
+    return Checked(path, observation, saved, verdict)

@@ -21,6 +21,8 @@ import pytest
 from .config import Config, load_config, with_overrides
 from .errors import ConfigError, PatchscopeError
 from .pipeline import RunRequest, artifacts_dir, check_mode, execute
+from .report.result import RunResult
+from .report.text import reason_lines
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -65,9 +67,9 @@ class ConfigFile(pytest.File):
 
 
 class VerdictFailure(Exception):
-    def __init__(self, data: dict[str, Any]) -> None:
-        super().__init__(data.get("verdict"))
-        self.data = data
+    def __init__(self, result: RunResult) -> None:
+        super().__init__(result.verdict)
+        self.result = result
 
 
 class ConfigItem(pytest.Item):
@@ -78,24 +80,23 @@ class ConfigItem(pytest.Item):
 
     def runtest(self) -> None:
         try:
-            check_mode(self.mode)
+            mode = check_mode(self.mode)
         except PatchscopeError as err:
             pytest.skip(str(err))
         root = Path(self.config.getoption("--patchscope-artifacts"))
-        req = RunRequest(self.cfg, self.mode, artifacts_dir(root, self.cfg.name, self.mode),
+        req = RunRequest(self.cfg, mode, artifacts_dir(root, self.cfg.name, self.mode),
                          accel=self.config.getoption("--patchscope-accel"))
         result = execute(req, lambda _msg: None)
         self.user_properties.append(("artifacts", str(req.outdir)))
         if result.verdict != "pass":
-            raise VerdictFailure(result.data)
+            raise VerdictFailure(result)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException],
                      style: Any = None) -> str:
         if isinstance(excinfo.value, VerdictFailure):
-            data = excinfo.value.data
-            lines = [f"{data.get('verdict', 'error').upper()}: {data.get('summary') or data.get('error')}"]
-            lines += [f"  - {r}" for r in data.get("reasons") or []]
-            console = Path(str(data.get("artifacts"))) / "console.log"
+            result = excinfo.value.result
+            lines = [f"{result.verdict.upper()}: {result.summary}", *reason_lines(result, "  - ")]
+            console = Path(result.artifacts) / "console.log"
             if console.exists():
                 tail = console.read_text(errors="replace").splitlines()[-15:]
                 lines += ["", f"last console lines ({console}):"] + [f"  {ln}" for ln in tail]

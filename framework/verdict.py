@@ -1,19 +1,41 @@
-"""Observation vs expectation: pass or fail, with reasons a user can act on. Pure."""
+"""The judge: a run's observation and analysis against its config, pass or fail, with reasons a user can act on. Pure.
+
+``judge`` is the one place a verdict is made (``could_not_run`` makes the
+"error" verdict of a run that never got that far); the run pipeline and
+``patchscope check`` both call it. Helpers below turn each part of the
+expectation into reasons: the outcome and console, the patch sites, the
+trace's self-check, the scenario's stops and NMIs.
+"""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from .analysis.crashes import clean_line
+from .analysis.findings import Analysis
 from .analysis.observation import Observation
 from .analysis.sites import Comparison, SiteState, insns_text, normalize_insns
-from .config import Expect, SiteAssertion
+from .config import Config, Expect, SiteAssertion
 from .domain import VerdictName
-from .scenario import MAX_STOPS, NmiRecord, Scenario, StopRecord
+from .scenario import MAX_STOPS, NmiRecord, Scenario
 
 MAX_REASONS = 30
+
+
+class StopLike(Protocol):
+    """A scenario stop as the judge reads it: live (``scenario.StopRecord``) or logged (``LoggedStop``)."""
+
+    @property
+    def n(self) -> int: ...
+    @property
+    def rule(self) -> int: ...
+    @property
+    def at(self) -> str: ...
+    @property
+    def caller_symbol(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -26,11 +48,54 @@ class Verdict:
         return self.verdict == "pass"
 
 
-def judge(obs: Observation, expect: Expect, comparisons: Mapping[str, Comparison] | None = None) -> Verdict:
-    """The verdict; ``comparisons`` (capture name -> Comparison, in capture order) when GDB inspected text."""
+def judge(config: Config, observation: Observation, analysis: Analysis | None = None) -> Verdict:
+    """The verdict of one run, and the reasons for it: the only place a verdict is made.
+
+    ``config`` is what the run is held against (its ``expect``, its ``scenario``,
+    whether it asks for a trace); ``analysis`` is what the debugger found (None
+    when no debugger looked). A live run and ``patchscope check`` of its
+    artefacts call this with equal arguments, so they get the same verdict.
+    """
+    expect = config.expect
+    if observation.outcome == "unknown":
+        return Verdict("error", (observation.summary,))
     reasons: list[str] = []
-    if obs.outcome == "unknown":
-        return Verdict("error", (obs.summary,))
+    if analysis is not None and analysis.error:
+        reasons.append(f"inspection: {analysis.error}")
+    reasons += _judge_observation(expect, observation)
+    reasons += judge_sites(analysis.comparisons if analysis is not None else {}, expect)
+    reasons += _judge_trace(config, analysis)
+    if config.scenario is not None:
+        log = analysis.scenario if analysis is not None else None
+        if log is None:
+            reasons.append("the config has a scenario, but the run logged none (no scenario.jsonl): "
+                           "it ran without this scenario")
+        else:
+            reasons += judge_scenario(expect, config.scenario, log.stops, log.nmis, log.bound_reached)
+    if len(reasons) > MAX_REASONS:
+        reasons = reasons[:MAX_REASONS] + [f"… and {len(reasons) - MAX_REASONS} more"]
+    return Verdict("fail" if reasons else "pass", tuple(reasons))
+
+
+def could_not_run(why: str) -> Verdict:
+    """The verdict of a run that could not be judged: bad input, or the machine failed."""
+    return Verdict("error", (why,))
+
+
+def _judge_trace(config: Config, analysis: Analysis | None) -> list[str]:
+    trace = analysis.trace if analysis is not None else None
+    if trace is None:
+        if config.inspect is not None and config.inspect.trace:
+            return ["the config asks for a trace (inspect.trace), but the run recorded none (no trace.json)"]
+        return []
+    check = trace.check
+    if check is not None and check.snapshots and not check.passed:
+        return [f"trace {check.summary()}"]
+    return []
+
+
+def _judge_observation(expect: Expect, obs: Observation) -> list[str]:
+    reasons: list[str] = []
     if obs.outcome != expect.outcome:
         reasons.append(f"expected outcome '{expect.outcome}', got '{obs.outcome}': {obs.summary}")
     if expect.outcome == "panics" and expect.crash is not None and obs.outcome == "panics":
@@ -54,11 +119,7 @@ def judge(obs: Observation, expect: Expect, comparisons: Mapping[str, Comparison
         if hit is not None:
             reasons.append(f"console line {hit + 1} matches excluded /{pattern.pattern}/: "
                            f"{cleaned[hit][:160]}")
-    if comparisons is not None:
-        reasons.extend(judge_sites(comparisons, expect))
-    if len(reasons) > MAX_REASONS:
-        reasons = reasons[:MAX_REASONS] + [f"… and {len(reasons) - MAX_REASONS} more"]
-    return Verdict("fail" if reasons else "pass", tuple(reasons))
+    return reasons
 
 
 def _first(pattern: re.Pattern[str], lines: list[str]) -> int | None:
@@ -214,13 +275,13 @@ def _bounds(count: tuple[int, int]) -> str:
     return f"at least {low}" if high >= MAX_STOPS else f"{low}..{high}"
 
 
-def judge_scenario(expect: Expect, scenario: Scenario, stops: Sequence[StopRecord], nmis: Sequence[NmiRecord],
+def judge_scenario(expect: Expect, scenario: Scenario, stops: Sequence[StopLike], nmis: Sequence[NmiRecord],
                    bound_reached: bool) -> list[str]:
     """Reasons the scenario's log does not meet ``expect`` (stops, NMIs) or is incomplete; [] when it does."""
     reasons: list[str] = []
     for se in expect.stops:
         where = f"expect.stops (line {se.line}) at {se.at}" if se.line is not None else f"expect.stops at {se.at}"
-        there: dict[int, StopRecord] = {}
+        there: dict[int, StopLike] = {}
         for s in stops:
             if s.at == se.at:
                 there.setdefault(s.n, s)     # several rules firing at one stop count once

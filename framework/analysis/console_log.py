@@ -10,7 +10,7 @@ console.log format, one guest line per line::
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -21,6 +21,7 @@ _TIMED = re.compile(r"^\s*(\d+\.\d{3}) \| ?(.*)$")
 
 TimedLine = tuple[float | None, str]
 EndReason = Literal["exit", "fatal", "timeout", "silence", "done", "interrupted", "log-end"]
+END_REASONS: tuple[EndReason, ...] = ("exit", "fatal", "timeout", "silence", "done", "interrupted", "log-end")
 
 
 class LineSplitter:
@@ -85,6 +86,16 @@ class Ending:
     def to_json(self) -> dict[str, object]:
         return {"reason": self.reason, "t": round(self.t, 3), "exitcode": self.exitcode,
                 "silence": self.silence}
+
+    @staticmethod
+    def from_json(data: Mapping[str, object]) -> Ending:
+        reason = str(data["reason"])
+        if reason not in END_REASONS:
+            raise ValueError(f"unknown ending {reason!r}")
+        exitcode, silence = data.get("exitcode"), data.get("silence")
+        return Ending(reason, float(str(data.get("t") or 0.0)),
+                      None if exitcode is None else int(str(exitcode)),
+                      None if silence is None else float(str(silence)))
 
 
 

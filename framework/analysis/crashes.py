@@ -92,7 +92,7 @@ to the kernel's format) and a sample header to ``tests/unit/test_crashes.py``.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -145,6 +145,13 @@ class Crash:
             "kind": self.kind, "source": self.source, "report": list(self.report),
             "truncated": self.truncated,
         }
+
+    @staticmethod
+    def from_json(data: Mapping[str, object]) -> Crash:
+        report = data.get("report")
+        return Crash(str(data["title"]), bool(data["fatal"]), int(str(data["line"])), str(data["header"]),
+                     str(data["kind"]), str(data["source"]),
+                     tuple(str(r) for r in report) if isinstance(report, list) else (), bool(data.get("truncated")))
 
 
 # ---------------------------------------------------------------------------

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ..domain import ObservedOutcome
@@ -35,6 +35,22 @@ class Observation:
     def title(self) -> str | None:
         first = crashes.primary(self.crashes)
         return first.title if first else None
+
+    @staticmethod
+    def from_json(data: Mapping[str, object], lines: Sequence[str]) -> Observation:
+        """An observation back from ``to_json()`` (a result.json) and the run's console text."""
+        outcome = str(data["outcome"])
+        if outcome not in ("boots", "panics", "hangs", "unknown"):
+            raise ValueError(f"unknown outcome {outcome!r}")
+        crashes_, stages_, ending = data.get("crashes"), data.get("stages"), data.get("ending")
+        if not isinstance(ending, dict):
+            raise TypeError("no ending")
+        return Observation(outcome,  # type: ignore[arg-type]  # checked above
+                           tuple(Crash.from_json(c) for c in crashes_ if isinstance(c, dict))
+                           if isinstance(crashes_, list) else (),
+                           tuple(Stage.from_json(s) for s in stages_ if isinstance(s, dict))
+                           if isinstance(stages_, list) else (),
+                           Ending.from_json(ending), str(data["last_stage"]), str(data["summary"]), tuple(lines))
 
     def to_json(self) -> dict[str, object]:
         return {

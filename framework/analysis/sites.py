@@ -46,7 +46,12 @@ class Insn:
 
     @property
     def is_nop(self) -> bool:
-        return _NOP.match(self.text) is not None
+        return is_nop(self.text)
+
+
+def is_nop(text: str) -> bool:
+    """An instruction (as objdump spells it) that only pads."""
+    return _NOP.match(text) is not None
 
 
 _NOP = re.compile(r"^(nop[wlq]?\b|xchg %ax,%ax$|data16\b|cs nop)")
@@ -144,9 +149,10 @@ def disassemble(code: bytes, address: int, symbols: Symbols | None = None) -> li
     return out
 
 
-def insns_text(insns: Iterable[Insn], drop_nops: bool = True) -> str:
-    """"pushf; pop %rax" — the instructions joined, NOP padding left out."""
-    return "; ".join(i.text for i in insns if not (drop_nops and i.is_nop))
+def insns_text(insns: Iterable[Insn | str], drop_nops: bool = True) -> str:
+    """"pushf; pop %rax" — the instructions (or their texts) joined, NOP padding left out."""
+    texts = (i if isinstance(i, str) else i.text for i in insns)
+    return "; ".join(text for text in texts if not (drop_nops and is_nop(text)))
 
 
 def normalize_insns(text: str) -> str:
@@ -179,12 +185,40 @@ class Capture:
 # --- comparison -----------------------------------------------------------------------
 
 
+def _hex(value: object) -> int | None:
+    return None if value is None else int(str(value), 16)
+
+
+def site_from_json(data: Mapping[str, object]) -> Site:
+    """A Site back from ``Site.to_json()`` (a saved sites-<capture>.jsonl.gz line)."""
+    def num(key: str) -> int | None:
+        value = data.get(key)
+        return None if value is None else int(str(value))
+
+    replacement = data.get("replacement")
+    return Site(table=str(data["table"]), index=int(str(data["index"])), address=int(str(data["address"]), 16),
+                length=int(str(data["length"])), original=bytes.fromhex(str(data["original"])),
+                section=str(data["section"]), op=_opt_str(data.get("op")), slot=num("slot"),
+                feature=_opt_str(data.get("feature")),
+                replacement=None if replacement is None else bytes.fromhex(str(replacement)),
+                replacement_address=_hex(data.get("replacement_address")), target=_hex(data.get("target")),
+                flags=num("flags"), key=_hex(data.get("key")))
+
+
+def _opt_str(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _strings(value: object) -> tuple[str, ...]:
+    return tuple(str(v) for v in value) if isinstance(value, list) else ()
+
+
 @dataclass(frozen=True)
 class SiteState:
     site: Site
     state: State
     live: bytes | None
-    insns: tuple[Insn, ...] = ()
+    insns: tuple[str, ...] = ()    # the live bytes disassembled, objdump's spelling, targets named
     symbol: str = ""
 
     def to_json(self) -> dict[str, object]:
@@ -192,8 +226,18 @@ class SiteState:
         data.update(symbol=self.symbol, state=self.state)
         if self.live is not None:
             data["live"] = self.live.hex()
-            data["live_insns"] = [i.text for i in self.insns]
+            data["live_insns"] = list(self.insns)
         return data
+
+    @staticmethod
+    def from_json(data: Mapping[str, object]) -> SiteState:
+        live = data.get("live")
+        state = str(data["state"])
+        if state not in STATES:
+            raise ValueError(f"unknown site state {state!r}")
+        return SiteState(site_from_json(data), state,
+                         None if live is None else bytes.fromhex(str(live)),
+                         _strings(data.get("live_insns")), str(data.get("symbol") or ""))
 
 
 @dataclass(frozen=True)
@@ -208,6 +252,12 @@ class TextChange:
         return {"address": hex(self.start), "length": self.end - self.start, "symbol": self.symbol,
                 "before": self.before.hex(), "after": self.after.hex()}
 
+    @staticmethod
+    def from_json(data: Mapping[str, object]) -> TextChange:
+        start = int(str(data["address"]), 16)
+        return TextChange(start, start + int(str(data["length"])), str(data["symbol"]),
+                          bytes.fromhex(str(data["before"])), bytes.fromhex(str(data["after"])))
+
 
 @dataclass(frozen=True)
 class Oversize:
@@ -216,6 +266,10 @@ class Oversize:
 
     def to_json(self) -> dict[str, object]:
         return {**self.state.to_json(), "extra_bytes": self.extra}
+
+    @staticmethod
+    def from_json(data: Mapping[str, object]) -> Oversize:
+        return Oversize(SiteState.from_json(data), int(str(data["extra_bytes"])))
 
 
 @dataclass(frozen=True)
@@ -242,6 +296,25 @@ class Comparison:
             data["sites"] = [st.to_json() for states in self.sites.values() for st in states]
         return data
 
+    @staticmethod
+    def from_json(data: Mapping[str, object], sites: Iterable[Mapping[str, object]]) -> Comparison:
+        """A comparison back from ``to_json(with_sites=False)`` and its sites (one ``SiteState.to_json()`` each)."""
+        counts = data.get("counts")
+        tables: dict[str, list[SiteState]] = {str(t): [] for t in counts} if isinstance(counts, dict) else {}
+        for row in sites:
+            st = SiteState.from_json(row)
+            tables.setdefault(st.site.table, []).append(st)
+
+        def rows(key: str) -> list[Mapping[str, object]]:
+            value = data.get(key)
+            return [r for r in value if isinstance(r, dict)] if isinstance(value, list) else []
+
+        return Comparison(str(data["capture"]), {t: tuple(states) for t, states in tables.items()},
+                          tuple(TextChange.from_json(r) for r in rows("unknown_changes")),
+                          tuple(Oversize.from_json(r) for r in rows("oversized")),
+                          tuple(SiteState.from_json(r) for r in rows("pv_indirect")),
+                          _strings(data.get("notes")))
+
 
 def site_state(site: Site, capture: Capture, symbols: Symbols | None) -> SiteState:
     symbol = symbols.format(site.address) if symbols else hex(site.address)
@@ -251,7 +324,7 @@ def site_state(site: Site, capture: Capture, symbols: Symbols | None) -> SiteSta
     if live is None:
         return SiteState(site, "unread", None, (), symbol)
     state: State = "unchanged" if live == site.original else "patched"
-    return SiteState(site, state, live, tuple(disassemble(live, site.address, symbols)), symbol)
+    return SiteState(site, state, live, tuple(i.text for i in disassemble(live, site.address, symbols)), symbol)
 
 
 class _Intervals:

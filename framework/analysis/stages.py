@@ -9,7 +9,7 @@ recorded console log under tests/data/console/.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..guest.markers import MARKER_DONE, MARKER_USERSPACE
@@ -58,6 +58,11 @@ class Stage:
 
     def to_json(self) -> dict[str, object]:
         return {"name": self.name, "label": self.label, "t": self.t, "line": self.line}
+
+    @staticmethod
+    def from_json(data: Mapping[str, object]) -> Stage:
+        t = data.get("t")
+        return Stage(str(data["name"]), str(data["label"]), None if t is None else float(str(t)), int(str(data["line"])))
 
 
 def match_stage(text: str) -> StageRow | None:

@@ -172,7 +172,41 @@ class SelfCheck:
 
     @property
     def passed(self) -> bool:
-        return bool(self.snapshots) and not self.mismatches and not self.unexplained
+        return self.result().passed
+
+    def summary(self) -> str:
+        return self.result().summary()
+
+    def result(self) -> CheckResult:
+        """What the check found, as the run keeps it (the first 50 mismatches and unexplained writes)."""
+        return CheckResult(tuple(self.snapshots), self.calls, self.outside,
+                           tuple(m.to_json() for m in self.mismatches[:MAX_KEPT]), len(self.mismatches),
+                           dict(sorted(self.bypass.items())),
+                           tuple(e.to_json() for e in self.unexplained[:MAX_KEPT]), len(self.unexplained))
+
+    def to_json(self) -> dict[str, object]:
+        return self.result().to_json()
+
+
+MAX_KEPT = 50
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The self-check's findings as trace.json keeps them, and as the verdict reads them."""
+
+    snapshots: tuple[str, ...]
+    calls: int
+    outside: int
+    mismatches: tuple[Mapping[str, object], ...]      # the first MAX_KEPT, as Mismatch.to_json()
+    mismatch_count: int
+    bypass: Mapping[str, int]                          # mechanism -> bytes explained
+    unexplained: tuple[Mapping[str, object], ...]      # the first MAX_KEPT, as Event.to_json()
+    unexplained_count: int
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.snapshots) and not self.mismatch_count and not self.unexplained_count
 
     def summary(self) -> str:
         if not self.snapshots:
@@ -180,15 +214,29 @@ class SelfCheck:
         verdict = "passed" if self.passed else "FAILED"
         bypass = ", ".join(f"{k} {v} B" for k, v in sorted(self.bypass.items())) or "none"
         return (f"self-check {verdict}: {self.calls} calls replayed over the vmlinux up to "
-                f"{self.snapshots[-1]}; {len(self.mismatches)} with old bytes the model did not hold; "
-                f"bypass writes explained: {bypass}; {len(self.unexplained)} unexplained")
+                f"{self.snapshots[-1]}; {self.mismatch_count} with old bytes the model did not hold; "
+                f"bypass writes explained: {bypass}; {self.unexplained_count} unexplained")
 
     def to_json(self) -> dict[str, object]:
-        return {"passed": self.passed, "snapshots": self.snapshots, "calls": self.calls,
-                "outside": self.outside, "mismatches": [m.to_json() for m in self.mismatches[:50]],
-                "mismatch_count": len(self.mismatches), "bypass": self.bypass,
-                "unexplained": [e.to_json() for e in self.unexplained[:50]],
-                "unexplained_count": len(self.unexplained), "summary": self.summary()}
+        return {"passed": self.passed, "snapshots": list(self.snapshots), "calls": self.calls,
+                "outside": self.outside, "mismatches": [dict(m) for m in self.mismatches],
+                "mismatch_count": self.mismatch_count, "bypass": dict(self.bypass),
+                "unexplained": [dict(e) for e in self.unexplained],
+                "unexplained_count": self.unexplained_count, "summary": self.summary()}
+
+    @staticmethod
+    def from_json(data: Mapping[str, object]) -> CheckResult:
+        def rows(key: str) -> tuple[Mapping[str, object], ...]:
+            value = data.get(key)
+            return tuple(r for r in value if isinstance(r, dict)) if isinstance(value, list) else ()
+
+        snapshots = data.get("snapshots")
+        bypass = data.get("bypass")
+        return CheckResult(tuple(str(s) for s in snapshots) if isinstance(snapshots, list) else (),
+                           int(str(data.get("calls") or 0)), int(str(data.get("outside") or 0)),
+                           rows("mismatches"), int(str(data.get("mismatch_count") or 0)),
+                           {str(k): int(v) for k, v in bypass.items()} if isinstance(bypass, dict) else {},
+                           rows("unexplained"), int(str(data.get("unexplained_count") or 0)))
 
 
 # --- the model --------------------------------------------------------------------------------

@@ -1,19 +1,14 @@
-"""A run's debugger step: tables from the vmlinux, a session (captures, trace, scenario), comparisons, reports.
+"""A run's debugger step: tables from the vmlinux, a session (captures, trace, scenario), its Analysis.
 
 ``Inspection`` is built before QEMU starts (reading the tables costs about a
 second and fails early on a layout that does not fit); its ``__call__`` is
-the run pipeline's inspection step. Artefacts it writes::
-
-    gdb.mi.log                      the full GDB/MI transcript
-    sites-<capture>.jsonl.gz        one site a line: table, address, symbol, length, original,
-                                    state, live, live_insns, op / feature
-    sites.json                      per capture: counts per table and state, unknown changes,
-                                    over-sized patches, pv sites still indirect; notes
-    trace.jsonl.gz                  (traced runs) every text write, in order (trace.Event)
-    trace.json                      (traced runs) counts per window and stage, the self-check
-    scenario.jsonl                  (scenarios) every scenario stop with the effects applied, then
-                                    the fate of every injected NMI
-    dump-<stop>-<address>.bin       (scenarios) memory dumped by a `dump` action
+the run pipeline's inspection step and leaves ``self.analysis``
+(``analysis/findings.py``), which the pipeline judges and writes
+(``report/artefacts.py``: sites.json, sites-<capture>.jsonl.gz, trace.json,
+scenario.jsonl). The inspection itself writes the debugger transcript
+(``gdb.mi.log`` or ``rsp.log``), ``trace.jsonl.gz`` (traced runs: every text
+write, in order) and ``dump-<stop>-<address>.bin`` (a scenario's ``dump``
+actions).
 
 Plain inspections talk GDB/MI; traced runs and scenarios, which stop the guest
 thousands of times, speak the remote protocol to QEMU's gdbstub directly
@@ -25,14 +20,14 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import gzip
-import json
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from ..analysis.findings import Analysis, LoggedStop, ScenarioLog, TraceSummary
 from ..analysis.sites import Capture, Comparison, compare
 from ..analysis.trace import Explainer, Model, counts, write_jsonl
-from ..config import Expect, Inspect
+from ..config import Inspect
 from ..debugger import Backend, open_debugger
 from ..debugger.contract import DebuggerError
 from ..domain import CAPTURE_POINTS, Note
@@ -40,7 +35,6 @@ from ..elf.vmlinux import Site, Symbols, Vmlinux
 from ..errors import ConfigError, ImageError
 from ..kernel.image import Kernel
 from ..scenario import Scenario, resolve
-from ..verdict import judge_scenario
 from ..vm.machine import Machine
 from ..vm.qemu import Qemu
 from .capture import Plan, text_regions
@@ -120,7 +114,7 @@ class Inspection:
         begin, end = self.symbols.address("__init_begin"), self.symbols.address("__init_end")
         self.plan = Plan(inspect.captures, text_regions(self.vmlinux, addresses), False, timeout,
                          (begin, end) if begin is not None and end is not None else None)
-        self.comparisons: dict[str, Comparison] = {}
+        self.analysis: Analysis | None = None     # once the session is over
         self.error: str | None = None
         self.outcome = Outcome()
 
@@ -168,66 +162,29 @@ class Inspection:
                     self.error = self.error or f"{err}"
             finally:
                 console.release()
-        self.comparisons = comparisons_for(self.vmlinux, self.symbols, self.sites, self.outcome.captures,
-                                           self.inspect.tables)
-        self.write()
+        comparisons = comparisons_for(self.vmlinux, self.symbols, self.sites, self.outcome.captures,
+                                      self.inspect.tables)
+        self.analysis = self._analysis(comparisons)
+        self.write_extras()
 
-    def write(self) -> None:
-        summary: dict[str, object] = {}
-        for name, comparison in self.comparisons.items():
-            with gzip.open(self.outdir / f"sites-{name}.jsonl.gz", "wt", compresslevel=1) as fh:
-                for states in comparison.sites.values():
-                    for st in states:
-                        fh.write(json.dumps(st.to_json()) + "\n")
-            summary[name] = comparison.to_json(with_sites=False)
-        (self.outdir / "sites.json").write_text(json.dumps(
-            {"captures": summary, "error": self.error}, indent=1) + "\n")
+    def _analysis(self, comparisons: dict[str, Comparison]) -> Analysis:
+        """What the session found, in the form the verdict reads and the artefacts keep."""
+        out = self.outcome
+        trace = None
+        if self.trace:
+            trace = TraceSummary(len(out.events), out.stop_count, out.ended, counts(out.events),
+                                 out.model.check.result() if out.model is not None else None)
+        scenario = None
+        if self.scenario is not None:
+            scenario = ScenarioLog(tuple(LoggedStop.from_json(s.to_json(self.symbols)) for s in out.stops),
+                                   tuple(out.nmis), out.bound_reached)
+        return Analysis(comparisons, trace, scenario, self.error)
+
+    def write_extras(self) -> None:
+        """What the run keeps besides its analysis: every traced write, and the scenario's memory dumps."""
         out = self.outcome
         if self.trace:
             with gzip.open(self.outdir / "trace.jsonl.gz", "wt", compresslevel=1) as fh:
                 write_jsonl(out.events, fh)
-            (self.outdir / "trace.json").write_text(json.dumps(self.trace_summary(), indent=1) + "\n")
-        if self.scenario is not None:
-            with open(self.outdir / "scenario.jsonl", "w", encoding="utf-8") as fh:
-                fh.writelines(json.dumps(stop.to_json(self.symbols)) + "\n" for stop in out.stops)
-                fh.writelines(json.dumps(nmi.to_json()) + "\n" for nmi in out.nmis)
         for name, _address, data in out.dumps:
             (self.outdir / name).write_bytes(data)
-
-    def trace_summary(self) -> dict[str, object]:
-        out = self.outcome
-        check = out.model.check.to_json() if out.model is not None else None
-        return {"events": len(out.events), "stops": out.stop_count, "ended": out.ended,
-                "counts": counts(out.events), "self_check": check}
-
-    def scenario_summary(self) -> dict[str, object]:
-        out = self.outcome
-        return {"stops": len(out.stops), "bound_reached": out.bound_reached,
-                "nmis": [n.to_json() for n in out.nmis], "first": [s.to_json() for s in out.stops[:20]]}
-
-    def reasons(self, expect: Expect) -> list[str]:
-        """Why the trace's self-check or the scenario's expectations fail; [] when they hold."""
-        out: list[str] = []
-        model = self.outcome.model
-        if self.trace and model is not None and model.check.snapshots and not model.check.passed:
-            out.append(f"trace {model.check.summary()}")
-        if self.scenario is not None:
-            out += judge_scenario(expect, self.scenario, self.outcome.stops, self.outcome.nmis,
-                                  self.outcome.bound_reached)
-        return out
-
-    def result(self) -> dict[str, object]:
-        """What result.json keeps: per capture, counts and the whole-text findings (capped)."""
-        out: dict[str, object] = {"error": self.error, "captures": list(self.comparisons)}
-        if self.trace:
-            out["trace"] = self.trace_summary()
-        if self.scenario is not None:
-            out["scenario"] = self.scenario_summary()
-        for name, comparison in self.comparisons.items():
-            data = comparison.to_json(with_sites=False)
-            for key in ("unknown_changes", "oversized", "pv_indirect"):
-                items = data[key]
-                assert isinstance(items, list)
-                data[key] = {"count": len(items), "first": items[:20]}
-            out[name] = data
-        return out

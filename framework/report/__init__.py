@@ -1,0 +1,1 @@
+"""Results: the typed, versioned RunResult and its files (result.json, the analysis), JUnit XML, terminal lines."""

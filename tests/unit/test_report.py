@@ -4,17 +4,28 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any
 
-from framework.report.files import junit, summary_line
+from framework.report.junit import junit
+from framework.report.result import RunResult
+from framework.report.text import summary_line
 
-RESULTS: list[dict[str, Any]] = [
-    {"name": "boot-native", "mode": "native", "verdict": "pass", "duration_s": 6.1,
-     "summary": "booted to 'reboot: Power down' in 5.9 s", "reasons": [], "artifacts": "out/boot-native/native"},
-    {"name": "boot-native", "mode": "xen-pv", "verdict": "fail", "duration_s": 10.5,
-     "summary": "booted", "reasons": ["no console line matches /bare hardware/"], "artifacts": "out/b/xen-pv"},
-    {"name": "broken", "mode": "native", "verdict": "error", "duration_s": 0.1, "error": "unknown kernel reference",
-     "reasons": ["unknown kernel reference"], "artifacts": "out/broken/native"},
+
+def booted(summary: str) -> dict[str, object]:
+    """result.json's observation keys for a run that booted."""
+    return {"outcome": "boots", "summary": summary, "title": None, "last_stage": "reboot: Power down",
+            "crashes": [], "stages": [], "ending": {"reason": "exit", "t": 6.0, "exitcode": 0, "silence": None}}
+
+
+RESULTS = [
+    RunResult.from_json({"name": "boot-native", "mode": "native", "verdict": "pass", "duration_s": 6.1,
+                         "reasons": [], "artifacts": "out/boot-native/native",
+                         **booted("booted to 'reboot: Power down' in 5.9 s")}),
+    RunResult.from_json({"name": "boot-native", "mode": "xen-pv", "verdict": "fail", "duration_s": 10.5,
+                         "reasons": ["no console line matches /bare hardware/"], "artifacts": "out/b/xen-pv",
+                         **booted("booted")}),
+    RunResult.from_json({"name": "broken", "mode": "native", "verdict": "error", "duration_s": 0.1,
+                         "error": "unknown kernel reference", "reasons": ["unknown kernel reference"],
+                         "artifacts": "out/broken/native"}),
 ]
 
 

@@ -14,9 +14,10 @@ import pytest
 import yaml
 
 from framework.analysis.console_log import Ending
+from framework.analysis.findings import Analysis
 from framework.analysis.observation import Observation, observe
 from framework.analysis.sites import Comparison, Oversize, SiteState, State, TextChange, disassemble
-from framework.config import Expect, Inspect, SiteAssertion, parse_config, to_yaml_dict
+from framework.config import Config, Expect, Inspect, SiteAssertion, parse_config, to_yaml_dict
 from framework.domain import CAPTURE_POINTS, TABLES
 from framework.elf.vmlinux import Site, Symbols
 from framework.errors import ConfigError
@@ -484,22 +485,22 @@ def test_judge_folds_site_reasons_into_the_verdict() -> None:
     expect = expect_of("  sites:\n    - {op: irq.save_fl, insns: sti}\n  oversized: 0\n")
     st = sst(0x10, CLI)
     comps = {"after-patching": comparison("after-patching", st, oversized=(Oversize(st, 1),))}
-    verdict = judge(booted(), expect, comps)
+    verdict = judge(Config("c", expect=expect), booted(), Analysis(comps))
     assert verdict.verdict == "fail" and not verdict.passed
     assert len(verdict.reasons) == 2
     assert verdict.reasons[0].startswith("expect.sites (line 6) op=irq.save_fl at after-patching: 1 of 1 sites")
     assert verdict.reasons[1].startswith("1 over-sized patches at after-patching")
-    # Without comparisons the site assertions are not judged at all.
-    assert judge(booted(), expect).verdict == "pass"
-    assert judge(booted(), expect, None).reasons == ()
+    # Without an analysis (no debugger looked) they cannot hold: a run without captures never passes them.
+    assert judge(Config("c", expect=expect), booted()).reasons == (
+        "no text was captured, so no site assertion could be checked",)
     # And with comparisons that satisfy them, the run passes.
     good = {"after-patching": comparison("after-patching", sst(0x10, b"\xfb\x0f\x1f\x44\x00\x00"))}
-    assert judge(booted(), expect, good).passed
+    assert judge(Config("c", expect=expect), booted(), Analysis(good)).passed
 
 
 def test_judge_with_no_capture_fails() -> None:
     expect = expect_of("  sites:\n    - {op: irq.save_fl, state: patched}\n")
-    verdict = judge(booted(), expect, {})
+    verdict = judge(Config("c", expect=expect), booted(), Analysis({}))
     assert verdict.verdict == "fail"
     assert verdict.reasons == ("no text was captured, so no site assertion could be checked",)
 
@@ -507,7 +508,7 @@ def test_judge_with_no_capture_fails() -> None:
 def test_judge_caps_many_site_reasons() -> None:
     assertions = [f"{{op: irq.op{i}, state: patched}}" for i in range(40)]
     comps = {"after-patching": comparison("after-patching", sst(0x10, CLI))}
-    verdict = judge(booted(), sites_expect(*assertions), comps)
+    verdict = judge(Config("c", expect=sites_expect(*assertions)), booted(), Analysis(comps))
     assert verdict.verdict == "fail"
     assert len(verdict.reasons) == 31 and verdict.reasons[-1] == "… and 10 more"
     assert all(re.search(r"selects no site at after-patching$", r) for r in verdict.reasons[:30])

@@ -1,0 +1,111 @@
+"""A run's analysis on disk: written at the end of a live run, loaded back by ``check``.
+
+Files in the artefacts directory::
+
+    sites.json                   the index: per capture, counts and every whole-text finding;
+                                 the debugger's error; whether max_stops cut the scenario short
+    sites-<capture>.jsonl.gz     every compared site, one ``SiteState.to_json()`` a line
+    trace.json                   (traced runs) counts per window and stage, the self-check
+    scenario.jsonl               (scenarios) every stop with its effects, then each NMI's fate
+
+``load_analysis(write_analysis(a)) == a``: what ``check`` judges is what the run judged.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import zlib
+from collections.abc import Mapping
+from pathlib import Path
+
+from ..analysis.findings import Analysis, ScenarioLog, TraceSummary
+from ..analysis.sites import Comparison
+from ..errors import InputError
+
+SITES_INDEX = "sites.json"
+TRACE = "trace.json"
+SCENARIO = "scenario.jsonl"
+
+
+def sites_file(capture: str) -> str:
+    return f"sites-{capture}.jsonl.gz"
+
+
+def write_analysis(directory: Path, analysis: Analysis) -> None:
+    for name, comparison in analysis.comparisons.items():
+        with gzip.open(directory / sites_file(name), "wt", compresslevel=1) as fh:
+            for states in comparison.sites.values():
+                for st in states:
+                    fh.write(json.dumps(st.to_json()) + "\n")
+    index: dict[str, object] = {
+        "captures": {name: c.to_json(with_sites=False) for name, c in analysis.comparisons.items()},
+        "error": analysis.error}
+    if analysis.scenario is not None:
+        index["scenario"] = {"bound_reached": analysis.scenario.bound_reached}
+    (directory / SITES_INDEX).write_text(json.dumps(index, indent=1) + "\n")
+    if analysis.trace is not None:
+        (directory / TRACE).write_text(json.dumps(analysis.trace.to_json(), indent=1) + "\n")
+    if analysis.scenario is not None:
+        with open(directory / SCENARIO, "w", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(row) + "\n" for row in analysis.scenario.lines())
+
+
+def load_analysis(directory: Path) -> Analysis | None:
+    """The analysis a run wrote, or None when no debugger looked at it (no sites.json)."""
+    index_path = directory / SITES_INDEX
+    if not index_path.exists():
+        return None
+    index = _json_object(index_path)
+    try:
+        captures = index.get("captures") or {}
+        if not isinstance(captures, dict):
+            raise TypeError("'captures' is not an object")
+        comparisons = {str(name): Comparison.from_json(summary, _sites(directory / sites_file(str(name))))
+                       for name, summary in captures.items() if isinstance(summary, dict)}
+        trace = TraceSummary.from_json(_json_object(directory / TRACE)) if (directory / TRACE).exists() else None
+        scenario = None
+        if (directory / SCENARIO).exists():
+            meta = index.get("scenario")
+            bound = bool(meta.get("bound_reached")) if isinstance(meta, dict) else False
+            scenario = ScenarioLog.from_lines(_json_lines(directory / SCENARIO), bound)
+        error = index.get("error")
+        return Analysis(comparisons, trace, scenario, None if error is None else str(error))
+    except (KeyError, ValueError, TypeError) as err:
+        raise InputError(f"{directory}: the saved analysis cannot be read ({type(err).__name__}: {err}); "
+                         "re-run the config to record it again") from None
+
+
+def _json_object(path: Path) -> Mapping[str, object]:
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as err:
+        raise InputError(f"{path}: not JSON ({err}); the file is damaged: re-run the config") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: not a JSON object; the file is damaged: re-run the config")
+    return data
+
+
+def _json_lines(path: Path) -> list[Mapping[str, object]]:
+    rows: list[Mapping[str, object]] = []
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as err:
+                raise InputError(f"{path}:{n}: not JSON ({err}); the file is damaged: re-run the config") from None
+            if isinstance(row, dict):
+                rows.append(row)
+    return rows
+
+
+def _sites(path: Path) -> list[Mapping[str, object]]:
+    if not path.exists():
+        raise InputError(f"{path}: missing, but {SITES_INDEX} names its capture; re-run the config")
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as fh:
+            return [json.loads(line) for line in fh if line.strip()]
+    except (OSError, EOFError, zlib.error, ValueError) as err:
+        raise InputError(f"{path}: damaged ({err}); re-run the config") from None
