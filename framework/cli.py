@@ -20,7 +20,7 @@ from . import __version__
 from .analysis.sites import Oversize, SiteState, TextChange
 from .analysis.trace import Event
 from .config import Config, default_config, load_config, with_overrides
-from .domain import DEFAULT_KERNEL, TABLES, VerdictName
+from .domain import ACCELS, DEFAULT_KERNEL, MODES, TABLES, VerdictName
 from .errors import PatchscopeError
 from .kernel.fetch import note_stderr
 from .kernel.image import Kernel, cached_kernels, prepare_kernel
@@ -59,18 +59,18 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("path", type=Path, metavar="LOG|DIR")
     check.add_argument("--expect", type=Path, metavar="CONFIG.yaml", help="judge against this config's expect:")
     check.add_argument("--json", action="store_true", help="print the observation as JSON")
-    check.add_argument("--mode", choices=("native", "xen-pv"),
+    check.add_argument("--mode", choices=MODES,
                        help="the mode the log came from (recorded in the output; both tables always apply)")
 
     boot = sub.add_parser("boot", help="boot interactively: console attached, Ctrl-] quits")
     boot.add_argument("--kernel", default=DEFAULT_KERNEL, help="kernel reference (default: %(default)s)")
-    boot.add_argument("--mode", default="native", choices=("native", "xen-pv"),
+    boot.add_argument("--mode", default="native", choices=MODES,
                       help="native (default) or xen-pv: the kernel as PV dom0 of Xen inside QEMU")
     boot.add_argument("--hypervisor", default=None, help="Xen for xen-pv (default: xen-4.17)")
     boot.add_argument("--cmdline", action="append", default=[], metavar="ARGS",
                       help="extra kernel arguments (repeatable)")
     boot.add_argument("--initramfs", default="default", help="default, none, or a cpio file")
-    boot.add_argument("--accel", choices=("tcg", "kvm", "auto"), default="tcg")
+    boot.add_argument("--accel", choices=ACCELS, default="tcg")
     boot.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS, metavar="DIR")
     boot.add_argument("--gdb", action="store_true",
                       help="GDB on the terminal instead of the console: symbols loaded, guest stopped")
@@ -82,23 +82,23 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"only these tables (repeatable): {', '.join(TABLES)}")
     sites.add_argument("--json", action="store_true", help="one JSON object per site on stdout")
     sites.add_argument("--live", action="store_true", help="boot, stop with GDB and compare each site")
-    sites.add_argument("--mode", default="native", choices=("native", "xen-pv"))
+    sites.add_argument("--mode", default="native", choices=MODES)
     sites.add_argument("--hypervisor", default=None, help="Xen for xen-pv (default: xen-4.17)")
     sites.add_argument("--at", default="after-patching", metavar="POINT",
                        help="before-patching, after-patching (default), booted, or a kernel symbol")
     sites.add_argument("--cmdline", action="append", default=[], metavar="ARGS")
-    sites.add_argument("--accel", choices=("tcg", "kvm", "auto"), default="tcg")
+    sites.add_argument("--accel", choices=ACCELS, default="tcg")
     sites.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS, metavar="DIR")
 
     trace = sub.add_parser("trace", help="boot once with every text write the kernel makes recorded, in order")
     trace.add_argument("--kernel", default=DEFAULT_KERNEL, help="kernel reference (default: %(default)s)")
-    trace.add_argument("--mode", default="native", choices=("native", "xen-pv"))
+    trace.add_argument("--mode", default="native", choices=MODES)
     trace.add_argument("--hypervisor", default=None, help="Xen for xen-pv (default: xen-4.17)")
     trace.add_argument("--cmdline", action="append", default=[], metavar="ARGS")
     trace.add_argument("--init-command", action="append", default=[], metavar="CMD",
                        help="a shell command for /init after boot (repeatable), e.g. to trigger live patching")
     trace.add_argument("--timeout", type=float, default=900.0, help="seconds (default: %(default)s)")
-    trace.add_argument("--accel", choices=("tcg", "kvm", "auto"), default="tcg")
+    trace.add_argument("--accel", choices=ACCELS, default="tcg")
     trace.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS, metavar="DIR")
     trace.add_argument("--json", action="store_true", help="one JSON object per write on stdout (JSON lines)")
     trace.add_argument("--summary", action="store_true", help="only the counts and the self-check, no events")
@@ -115,13 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _machine_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mode", action="append", choices=("native", "xen-pv"),
+    p.add_argument("--mode", action="append", choices=MODES,
                    help="run in this mode instead of the config's (repeatable)")
     p.add_argument("--kernel", help="kernel reference instead of the config's")
     p.add_argument("--cmdline", action="append", default=[], metavar="ARGS",
                    help="extra kernel arguments, after the config's (repeatable)")
     p.add_argument("--timeout", type=float, help="seconds before the run counts as hung")
-    p.add_argument("--accel", choices=("tcg", "kvm", "auto"), default="tcg",
+    p.add_argument("--accel", choices=ACCELS, default="tcg",
                    help="tcg (default), kvm, or auto: KVM only if a probe boots the kernel")
 
 

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from . import __version__
 from .analysis.console_log import Ending, LineSplitter, TimedLine, format_line, read_console_file
@@ -61,10 +61,10 @@ def artifacts_dir(root: Path, name: str, mode: str) -> Path:
     return root / name / mode
 
 
-_accel_cache: dict[Path, tuple[str, str]] = {}
+_accel_cache: dict[Path, tuple[Literal["tcg", "kvm"], str]] = {}
 
 
-def resolve_accel(accel: str, kernel: Path, note: Note) -> tuple[str, str]:
+def resolve_accel(accel: Accel, kernel: Path, note: Note) -> tuple[Literal["tcg", "kvm"], str]:
     """(accel, why). 'auto' probes KVM with the kernel itself, once per kernel per process."""
     if accel != "auto":
         return accel, f"--accel {accel}"
@@ -255,7 +255,7 @@ def _initramfs(cfg: Config, out: Path, interactive: bool, note: Note) -> Path | 
     return path
 
 
-def _stage_printer(note: Note, name: str, mode: str) -> Callable[[float, str], None]:
+def _stage_printer(note: Note, name: str, mode: Mode) -> Callable[[float, str], None]:
     seen: set[str] = set()
 
     def on_line(t: float, text: str) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from .config import Config, load_config, with_overrides
+from .domain import ACCELS, MODES
 from .errors import ConfigError, PatchscopeError
 from .pipeline import RunRequest, artifacts_dir, check_mode, execute
 from .report.result import RunResult
@@ -29,8 +30,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("patchscope")
     group.addoption("--patchscope-artifacts", default="patchscope-out/pytest", metavar="DIR",
                     help="where config runs keep their artefacts (default: %(default)s)")
-    group.addoption("--patchscope-accel", default="tcg", choices=("tcg", "kvm", "auto"))
-    group.addoption("--patchscope-mode", action="append", choices=("native", "xen-pv"),
+    group.addoption("--patchscope-accel", default="tcg", choices=ACCELS)
+    group.addoption("--patchscope-mode", action="append", choices=MODES,
                     help="run configs in this mode instead of their own (repeatable)")
 
 

@@ -30,7 +30,7 @@ from ..analysis.trace import Explainer, Model, counts, write_jsonl
 from ..config import Inspect
 from ..debugger import Backend, open_debugger
 from ..debugger.contract import DebuggerError
-from ..domain import CAPTURE_POINTS, Note
+from ..domain import CAPTURE_POINTS, DebuggerKind, Note
 from ..elf.vmlinux import Site, Symbols, Vmlinux
 from ..errors import ConfigError, ImageError
 from ..kernel.image import Kernel
@@ -86,7 +86,7 @@ class Inspection:
 
     def __init__(self, kernel: Kernel, inspect: Inspect, outdir: Path, note: Note, *, timeout: float,
                  where: tuple[Path | None, int | None] = (None, None), trace: bool = False,
-                 scenario: Scenario | None = None, debugger: str = "auto") -> None:
+                 scenario: Scenario | None = None, debugger: DebuggerKind = "auto") -> None:
         self.kernel = kernel
         self.debugger = debugger
         self.trace = trace

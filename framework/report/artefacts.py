@@ -2,8 +2,9 @@
 
 Files in the artefacts directory::
 
-    sites.json                   the index: per capture, counts and every whole-text finding;
-                                 the debugger's error; whether max_stops cut the scenario short
+    sites.json                   the index: per capture, counts and every whole-text finding (over-sized
+                                 patches and pv sites left indirect by table and index into the site
+                                 file); the debugger's error; whether max_stops cut the scenario short
     sites-<capture>.jsonl.gz     every compared site, one ``SiteState.to_json()`` a line
     trace.json                   (traced runs) counts per window and stage, the self-check
     scenario.jsonl               (scenarios) every stop with its effects, then each NMI's fate
@@ -39,8 +40,7 @@ def write_analysis(directory: Path, analysis: Analysis) -> None:
                 for st in states:
                     fh.write(json.dumps(st.to_json()) + "\n")
     index: dict[str, object] = {
-        "captures": {name: c.to_json(with_sites=False) for name, c in analysis.comparisons.items()},
-        "error": analysis.error}
+        "captures": {name: _summary(c) for name, c in analysis.comparisons.items()}, "error": analysis.error}
     if analysis.scenario is not None:
         index["scenario"] = {"bound_reached": analysis.scenario.bound_reached}
     (directory / SITES_INDEX).write_text(json.dumps(index, indent=1) + "\n")
@@ -49,6 +49,31 @@ def write_analysis(directory: Path, analysis: Analysis) -> None:
     if analysis.scenario is not None:
         with open(directory / SCENARIO, "w", encoding="utf-8") as fh:
             fh.writelines(json.dumps(row) + "\n" for row in analysis.scenario.lines())
+
+
+def _summary(comparison: Comparison) -> dict[str, object]:
+    """A capture's index entry: site findings name their site (every one is in the site file) instead of repeating it."""
+    data = comparison.to_json(with_sites=False)
+    data["oversized"] = [{"table": o.state.site.table, "index": o.state.site.index, "extra_bytes": o.extra}
+                         for o in comparison.oversized]
+    data["pv_indirect"] = [{"table": st.site.table, "index": st.site.index} for st in comparison.pv_indirect]
+    return data
+
+
+def _expand(summary: Mapping[str, object], sites: list[Mapping[str, object]]) -> dict[str, object]:
+    """The index entry with its site references replaced by the sites (entries already whole are kept)."""
+    by_key = {(row.get("table"), row.get("index")): row for row in sites}
+
+    def whole(ref: object) -> object:
+        if not isinstance(ref, dict) or "state" in ref:
+            return ref
+        row = by_key.get((ref.get("table"), ref.get("index")))
+        if row is None:
+            raise KeyError(f"no site {ref.get('table')}[{ref.get('index')}] in the site file")
+        return {**row, **({"extra_bytes": ref["extra_bytes"]} if "extra_bytes" in ref else {})}
+
+    return {**summary, **{key: [whole(ref) for ref in value] for key in ("oversized", "pv_indirect")
+                          if isinstance(value := summary.get(key), list)}}
 
 
 def load_analysis(directory: Path) -> Analysis | None:
@@ -61,8 +86,11 @@ def load_analysis(directory: Path) -> Analysis | None:
         captures = index.get("captures") or {}
         if not isinstance(captures, dict):
             raise TypeError("'captures' is not an object")
-        comparisons = {str(name): Comparison.from_json(summary, _sites(directory / sites_file(str(name))))
-                       for name, summary in captures.items() if isinstance(summary, dict)}
+        comparisons = {}
+        for name, summary in captures.items():
+            if isinstance(summary, dict):
+                sites = _sites(directory / sites_file(str(name)))
+                comparisons[str(name)] = Comparison.from_json(_expand(summary, sites), sites)
         trace = TraceSummary.from_json(_json_object(directory / TRACE)) if (directory / TRACE).exists() else None
         scenario = None
         if (directory / SCENARIO).exists():

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
-from ..domain import MODES
+from ..domain import MODES, Mode
 
 QEMU = "qemu-system-x86_64"
 
@@ -39,7 +40,7 @@ XEN_CMDLINE = ("console=com1", "com1=115200,8n1", "noreboot")
 class Machine:
     """What to start: everything needed to build a QEMU command line."""
 
-    mode: str
+    mode: Mode
     kernel: Path
     initrd: Path | None
     cmdline: tuple[str, ...]
@@ -47,7 +48,7 @@ class Machine:
     cpu: str
     memory_mib: int
     smp: int = 1
-    accel: str = "tcg"
+    accel: Literal["tcg", "kvm"] = "tcg"
     gdb_socket: Path | None = None
     stopped: bool = False           # -S: wait for GDB before the first instruction
     extra: tuple[str, ...] = field(default=())
@@ -55,7 +56,7 @@ class Machine:
     xen_cmdline: tuple[str, ...] = ()     # see xen_cmdline(): dom0's memory is one of them
 
 
-def kernel_cmdline(extra: tuple[str, ...] | list[str] = (), mode: str = "native") -> tuple[str, ...]:
+def kernel_cmdline(extra: tuple[str, ...] | list[str] = (), mode: Mode = "native") -> tuple[str, ...]:
     """patchscope's own arguments first; the user's follow and so win where the kernel takes the last."""
     return (DOM0_CMDLINE if mode == "xen-pv" else NATIVE_CMDLINE) + tuple(extra)
 

@@ -178,3 +178,15 @@ def test_check_of_a_plain_boot_against_inspecting_expectations_fails(tmp_path: P
         "no text was captured, so no site assertion could be checked",
         "the config asks for a trace (inspect.trace), but the run recorded none (no trace.json)",
         "the config has a scenario, but the run logged none (no scenario.jsonl): it ran without this scenario")
+
+
+def test_an_index_with_whole_site_findings_loads_too(tmp_path: Path) -> None:
+    # sites.json before findings referred to their sites by table and index (format 1 runs).
+    written = result(tmp_path, analysis())
+    write_result(tmp_path, written)
+    assert written.analysis is not None
+    index = json.loads((tmp_path / "sites.json").read_text())
+    assert index["captures"]["after-patching"]["pv_indirect"] == [{"table": "paravirt", "index": 0}]
+    index["captures"] = {name: c.to_json(with_sites=False) for name, c in written.analysis.comparisons.items()}
+    (tmp_path / "sites.json").write_text(json.dumps(index))
+    assert load_result(tmp_path) == written
