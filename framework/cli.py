@@ -22,9 +22,11 @@ from .analysis.trace import Event
 from .config import Config, default_config, load_config, with_overrides
 from .domain import ACCELS, DEFAULT_KERNEL, MODES, TABLES, VerdictName
 from .errors import PatchscopeError
+from .kernel import xen
 from .kernel.fetch import note_stderr
 from .kernel.image import Kernel, cached_kernels, prepare_kernel
 from .kernel.refs import DebianRef, list_recipes, parse_ref
+from .kernel.xen import XEN_PACKAGE_PREFIX
 from .observe.inspection import load_tables
 from .pipeline import RunRequest, artifacts_dir, check, check_mode, execute
 from .report.artefacts import sites_file
@@ -109,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     kernels = sub.add_parser("kernels", help="list or fetch kernels")
     ksub = kernels.add_subparsers(dest="kcommand", required=True, metavar="ACTION")
     ksub.add_parser("list", help="recipes in kernels/ and kernels prepared in the cache")
-    fetch = ksub.add_parser("fetch", help="download and prepare a kernel (symbols included)")
+    fetch = ksub.add_parser("fetch", help="download and prepare a kernel (symbols included) or a Xen hypervisor")
     fetch.add_argument("ref", nargs="?", default=DEFAULT_KERNEL)
     return p
 
@@ -377,8 +379,11 @@ def cmd_kernels(args: argparse.Namespace) -> int:
             meta = json.loads((entry / "kernel.json").read_text())
             print(f"  {entry.name:<48} symbols: {meta.get('symbol_source')}")
         return EXIT_PASS
-    kernel = prepare_kernel(parse_ref(args.ref), note_stderr)
-    print(json.dumps(kernel.identity(), indent=2))
+    ref = parse_ref(args.ref)
+    if isinstance(ref, DebianRef) and ref.package.startswith(XEN_PACKAGE_PREFIX):
+        print(json.dumps(xen.prepare_hypervisor(ref, note_stderr).identity(), indent=2))
+    else:
+        print(json.dumps(prepare_kernel(ref, note_stderr).identity(), indent=2))
     return EXIT_PASS
 
 

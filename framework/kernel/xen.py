@@ -66,6 +66,10 @@ def unpack_xen(data: bytes, name: str) -> bytes:
     return data
 
 
+# Debian names its hypervisor packages xen-hypervisor-<version>-<arch>.
+XEN_PACKAGE_PREFIX = "xen-hypervisor-"
+
+
 def prepare_hypervisor(ref: KernelRef, note: Note | None = None) -> Hypervisor:
     if isinstance(ref, DebianRef):
         deb = apt_download(ref, note)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -37,3 +38,13 @@ def test_pytest_plugin_reports_reasons_and_the_console_tail(tmp_path: Path) -> N
     assert "last console lines" in proc.stdout and "reboot: Power down" in proc.stdout
     junit = (tmp_path / "j.xml").read_text()
     assert 'failures="1"' in junit and "expected outcome" in junit
+
+
+def test_kernels_fetch_prepares_the_xen_recipe_as_a_hypervisor() -> None:
+    # It once took every recipe for a kernel package and failed on xen-4.17 ("holds no boot/vmlinuz-*").
+    proc = subprocess.run([sys.executable, "-m", "framework.cli", "kernels", "fetch", "xen-4.17"],
+                          capture_output=True, text=True, check=False, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    identity = json.loads(proc.stdout)
+    assert identity["package"] == "xen-hypervisor-4.17-amd64"
+    assert Path(identity["image"]).read_bytes()[:4] == b"\x7fELF"
