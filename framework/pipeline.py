@@ -53,7 +53,7 @@ class RunRequest:
     gdb: bool = False             # interactive GDB on the terminal (boot --gdb); console to the log only
     stop_at: str | None = None    # with gdb: where GDB stops the guest first
     trace: bool = False           # record every text write (patchscope trace), whatever the config says
-    debugger: DebuggerKind = "auto"   # auto: rsp for traces and scenarios, gdb otherwise: what drives the gdbstub (auto: rsp for traces and scenarios)
+    debugger: DebuggerKind = "auto"   # what drives the gdbstub; auto: rsp for traces and scenarios, else gdb
 
 
 def artifacts_dir(root: Path, name: str, mode: str) -> Path:
@@ -123,8 +123,9 @@ def execute(req: RunRequest, note: Note) -> RunResult:
     facts = _Facts()
     observation: Observation | None = None
     inspection: DebugStep | None = None
-    verdict = could_not_run("the run did not finish")
-    error: str | None = None
+    unfinished = "the run did not finish"
+    error: str | None = unfinished               # until it does, whatever stops it
+    verdict = could_not_run(unfinished)
     try:
         check_mode(req.mode)
         kernel = prepare(cfg, note)
@@ -145,6 +146,7 @@ def execute(req: RunRequest, note: Note) -> RunResult:
             facts.hypervisor["banner"] = xen.banner([text for _, text in lines])
         observation = observe(lines, ending)
         verdict = judge(cfg, observation, _analysis(inspection))
+        error = None
     except PatchscopeError as err:
         error = str(err)
         verdict = could_not_run(error)
