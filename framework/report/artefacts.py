@@ -81,7 +81,7 @@ def load_analysis(directory: Path) -> Analysis | None:
     index_path = directory / SITES_INDEX
     if not index_path.exists():
         return None
-    index = _json_object(index_path)
+    index = read_json_object(index_path)
     try:
         captures = index.get("captures") or {}
         if not isinstance(captures, dict):
@@ -91,7 +91,7 @@ def load_analysis(directory: Path) -> Analysis | None:
             if isinstance(summary, dict):
                 sites = _sites(directory / sites_file(str(name)))
                 comparisons[str(name)] = Comparison.from_json(_expand(summary, sites), sites)
-        trace = TraceSummary.from_json(_json_object(directory / TRACE)) if (directory / TRACE).exists() else None
+        trace = TraceSummary.from_json(read_json_object(directory / TRACE)) if (directory / TRACE).exists() else None
         scenario = None
         if (directory / SCENARIO).exists():
             meta = index.get("scenario")
@@ -104,7 +104,8 @@ def load_analysis(directory: Path) -> Analysis | None:
                          "re-run the config to record it again") from None
 
 
-def _json_object(path: Path) -> Mapping[str, object]:
+def read_json_object(path: Path) -> Mapping[str, object]:
+    """A JSON file holding one object, or a one-line InputError that says to re-run."""
     try:
         data = json.loads(path.read_text())
     except ValueError as err:

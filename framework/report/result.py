@@ -20,7 +20,7 @@ from ..analysis.findings import Analysis
 from ..analysis.observation import Observation
 from ..domain import MODES, Mode, VerdictName
 from ..errors import InputError
-from .artefacts import load_analysis, write_analysis
+from .artefacts import load_analysis, read_json_object, write_analysis
 
 RESULT = "result.json"
 SCHEMA = 2
@@ -162,12 +162,7 @@ def read_result_json(directory: Path) -> Mapping[str, object] | None:
     path = directory / RESULT
     if not path.exists():
         return None
-    try:
-        data = json.loads(path.read_text())
-    except ValueError as err:
-        raise InputError(f"{path}: not JSON ({err}); the file is damaged: re-run the config") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: not a JSON object; the file is damaged: re-run the config")
+    data = read_json_object(path)
     schema = data.get("schema", 1)
     if schema not in SUPPORTED_SCHEMAS:
         raise InputError(f"{path}: result.json format {schema} is not supported by this patchscope "

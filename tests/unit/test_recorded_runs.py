@@ -56,3 +56,38 @@ def test_check_exits_as_the_run_did(run: Path, capsys: pytest.CaptureFixture[str
 def test_there_are_recorded_runs_of_every_outcome() -> None:
     outcomes = {saved(run).outcome for run in RUNS}
     assert {"boots", "panics", "hangs"} <= outcomes
+
+
+RUNS_DIR = Path(__file__).resolve().parents[1] / "data" / "runs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def test_a_saved_run_fails_site_assertions_it_does_not_meet(capsys: pytest.CaptureFixture[str]) -> None:
+    # The native run's pv sites, held against what Xen PV must make of them.
+    run, config = RUNS_DIR / "pv-sites-native-native", CONFIGS / "pv-sites-xen-pv.yaml"
+    checked = check(run, load_config(config))
+    assert checked.verdict is not None and checked.verdict.verdict == "fail"
+    reasons = checked.verdict.reasons
+    assert reasons[0].startswith("expect.sites (line 19) op=irq.save_fl at after-patching: 458 of 458 sites "
+                                 "not 'call xen_save_fl_direct': irq.save_fl at start_kernel+0x47a")
+    # Each of the six per-op assertions fails; the counts and states before and after patching hold in both modes.
+    assert [r.split(" at after-patching")[0] for r in reasons] == [
+        f"expect.sites (line {n}) op={op}" for n, op in ((19, "irq.save_fl"), (20, "irq.irq_disable"),
+                                                         (21, "irq.irq_enable"), (22, "mmu.read_cr2"),
+                                                         (24, "mmu.lazy_mode.leave"), (26, "cpu.load_tr_desc"))]
+    assert cli_main(["check", str(run), "--expect", str(config)]) == 1
+    assert "op=irq.save_fl" in capsys.readouterr().out
+
+
+def test_a_saved_run_fails_nmi_and_stop_expectations_it_does_not_meet(tmp_path: Path) -> None:
+    config = (CONFIGS / "nmi-during-patching.yaml").read_text()
+    assert "nmi: [delivered, ignored, delivered]" in config and "{at: apply_paravirt, count: 1}" in config
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text(config.replace("nmi: [delivered, ignored, delivered]", "nmi: delivered")
+                     .replace("{at: apply_paravirt, count: 1}", "{at: apply_paravirt, count: 2}"))
+    checked = check(RUNS_DIR / "nmi-during-patching-native", load_config(wrong))
+    assert checked.verdict is not None
+    reasons = checked.verdict.reasons
+    assert any(r.startswith("expect.stops (line ") and "at apply_paravirt: 1 stop, expected 2" in r for r in reasons)
+    assert any(r.startswith("NMI injected at stop 2 was ignored: it reached exc_nmi in ") for r in reasons)
+    assert cli_main(["check", str(RUNS_DIR / "nmi-during-patching-native"), "--expect", str(wrong)]) == 1
