@@ -11,6 +11,7 @@ did not meet its expectation is not an exception: it is a verdict.
      │    ├── ConfigError           a YAML test config: file, line, reason
      │    ├── KernelRefError        a kernel/hypervisor reference that names nothing usable
      │    ├── ImageError            a kernel image or vmlinux that cannot be read
+     │    ├── ArtefactError         (report/) a saved run that cannot be read: damaged, or a newer format
      │    └── UnsupportedError      a feature that is not implemented (yet)
      └── InfrastructureError        the machine cannot do what was asked
           ├── ToolMissingError      qemu-system-x86_64, gdb, apt-get … not installed
@@ -57,6 +58,10 @@ class KernelRefError(InputError):
 
 class ImageError(InputError):
     """A kernel image, initramfs or vmlinux that cannot be read."""
+
+
+class ArtefactError(InputError):
+    """A saved run's files (result.json, the analysis) that cannot be read; the message says to re-run."""
 
 
 class UnsupportedError(InputError):

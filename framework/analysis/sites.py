@@ -1,6 +1,6 @@
 """Live text against the vmlinux it came from: per-site state, disassembly, whole-text checks. Pure.
 
-Input: the patch-site tables read from the ELF (vmlinux.py) and a *capture*,
+Input: the patch-site tables read from the ELF (elf/vmlinux.py) and a *capture*,
 the guest's text as GDB read it at one moment (before patching, after
 patching, once booted, or at any symbol). Output: a ``Comparison``:
 

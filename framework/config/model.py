@@ -71,7 +71,7 @@ class Inspect:
 
     captures: tuple[str, ...] = ("after-patching",)   # capture points or kernel symbols, in boot order
     tables: tuple[str, ...] = TABLES
-    trace: bool = False     # record every text write of the boot (trace.py), with its self-check
+    trace: bool = False     # record every text write of the boot (analysis/trace.py), with its self-check
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ actions).
 
 Plain inspections talk GDB/MI; traced runs and scenarios, which stop the guest
 thousands of times, speak the remote protocol to QEMU's gdbstub directly
-(rsp.py): about 0.8 ms a stop against 2.3 ms through GDB (bench/trace.py).
+(debugger/rsp.py): about 0.8 ms a stop against 2.3 ms through GDB (bench/trace.py).
 """
 
 from __future__ import annotations

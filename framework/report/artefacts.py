@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..analysis.findings import Analysis, ScenarioLog, TraceSummary
 from ..analysis.sites import Comparison
-from ..errors import InputError
+from ..errors import ArtefactError
 
 SITES_INDEX = "sites.json"
 TRACE = "trace.json"
@@ -100,18 +100,18 @@ def load_analysis(directory: Path) -> Analysis | None:
         error = index.get("error")
         return Analysis(comparisons, trace, scenario, None if error is None else str(error))
     except (KeyError, ValueError, TypeError) as err:
-        raise InputError(f"{directory}: the saved analysis cannot be read ({type(err).__name__}: {err}); "
+        raise ArtefactError(f"{directory}: the saved analysis cannot be read ({type(err).__name__}: {err}); "
                          "re-run the config to record it again") from None
 
 
 def read_json_object(path: Path) -> Mapping[str, object]:
-    """A JSON file holding one object, or a one-line InputError that says to re-run."""
+    """A JSON file holding one object, or a one-line ArtefactError that says to re-run."""
     try:
         data = json.loads(path.read_text())
     except ValueError as err:
-        raise InputError(f"{path}: not JSON ({err}); the file is damaged: re-run the config") from None
+        raise ArtefactError(f"{path}: not JSON ({err}); the file is damaged: re-run the config") from None
     if not isinstance(data, dict):
-        raise InputError(f"{path}: not a JSON object; the file is damaged: re-run the config")
+        raise ArtefactError(f"{path}: not a JSON object; the file is damaged: re-run the config")
     return data
 
 
@@ -124,7 +124,7 @@ def _json_lines(path: Path) -> list[Mapping[str, object]]:
             try:
                 row = json.loads(line)
             except ValueError as err:
-                raise InputError(f"{path}:{n}: not JSON ({err}); the file is damaged: re-run the config") from None
+                raise ArtefactError(f"{path}:{n}: not JSON ({err}); the file is damaged: re-run the config") from None
             if isinstance(row, dict):
                 rows.append(row)
     return rows
@@ -132,9 +132,9 @@ def _json_lines(path: Path) -> list[Mapping[str, object]]:
 
 def _sites(path: Path) -> list[Mapping[str, object]]:
     if not path.exists():
-        raise InputError(f"{path}: missing, but {SITES_INDEX} names its capture; re-run the config")
+        raise ArtefactError(f"{path}: missing, but {SITES_INDEX} names its capture; re-run the config")
     try:
         with gzip.open(path, "rt", encoding="utf-8") as fh:
             return [json.loads(line) for line in fh if line.strip()]
     except (OSError, EOFError, zlib.error, ValueError) as err:
-        raise InputError(f"{path}: damaged ({err}); re-run the config") from None
+        raise ArtefactError(f"{path}: damaged ({err}); re-run the config") from None

@@ -19,7 +19,7 @@ from ..analysis.console_log import read_console_file, texts
 from ..analysis.findings import Analysis
 from ..analysis.observation import Observation
 from ..domain import MODES, Mode, VerdictName
-from ..errors import InputError
+from ..errors import ArtefactError
 from .artefacts import load_analysis, read_json_object, write_analysis
 
 RESULT = "result.json"
@@ -165,7 +165,7 @@ def read_result_json(directory: Path) -> Mapping[str, object] | None:
     data = read_json_object(path)
     schema = data.get("schema", 1)
     if schema not in SUPPORTED_SCHEMAS:
-        raise InputError(f"{path}: result.json format {schema} is not supported by this patchscope "
+        raise ArtefactError(f"{path}: result.json format {schema} is not supported by this patchscope "
                          f"(it reads formats {', '.join(map(str, SUPPORTED_SCHEMAS))}); re-run the config "
                          "with this version, or check it with the version that wrote it")
     return data
@@ -181,5 +181,5 @@ def load_result(directory: Path) -> RunResult | None:
     try:
         return RunResult.from_json(data, lines, load_analysis(directory))
     except (KeyError, ValueError, TypeError) as err:
-        raise InputError(f"{directory / RESULT}: cannot be read ({type(err).__name__}: {err}); "
+        raise ArtefactError(f"{directory / RESULT}: cannot be read ({type(err).__name__}: {err}); "
                          "re-run the config") from None

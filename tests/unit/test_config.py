@@ -815,7 +815,7 @@ if hypothesis is not None:
             == dataclasses.replace(c, path=None)
 
 
-# --------------------------------------------------------------------------- scenario (framework/scenario.py)
+# --------------------------------------------------------------------------- scenario (framework/scenario/)
 #
 # The language itself is tested in test_scenario.py; here: the config around it.
 

@@ -21,7 +21,7 @@ from framework.analysis.trace import CheckResult
 from framework.cli import main as cli_main
 from framework.config import Config, parse_config
 from framework.elf.vmlinux import Site
-from framework.errors import InputError
+from framework.errors import ArtefactError
 from framework.pipeline import check
 from framework.report.result import RESULT, SCHEMA, QemuRun, RunResult, load_result, write_result
 from framework.scenario import NmiRecord
@@ -95,7 +95,7 @@ def test_a_newer_format_is_refused_in_one_line(tmp_path: Path, capsys: pytest.Ca
     write_result(tmp_path, result(tmp_path, None))
     data = json.loads((tmp_path / RESULT).read_text())
     (tmp_path / RESULT).write_text(json.dumps({**data, "schema": 99}))
-    with pytest.raises(InputError, match="result.json format 99 is not supported .* re-run"):
+    with pytest.raises(ArtefactError, match="result.json format 99 is not supported .* re-run"):
         load_result(tmp_path)
     assert cli_main(["check", str(tmp_path)]) == 2
     err = capsys.readouterr().err
