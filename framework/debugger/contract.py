@@ -43,17 +43,21 @@ DEFAULT_REGISTERS = ("rip", "rsp", "rdi", "rsi", "rdx", "rcx", "r8", "r9", "rax"
 # --- errors -------------------------------------------------------------------------------------
 
 class DebuggerError(InfrastructureError):
-    """The debugger failed to do what was asked: ``gdb: <what>: <request>: <the answer>``.
+    """The debugger failed to do what was asked: ``<backend>: <what>: <request>: <the answer>``.
 
-    ``command`` is the MI command or the remote-protocol packet, ``message`` what
-    came back (or what went wrong); both may be None.
+    ``backend`` names the debugger that said it (``gdb``; ``rsp`` for the
+    remote-protocol client's ``RspError``); ``command`` is the MI command or the
+    remote-protocol packet, ``message`` what came back (or what went wrong);
+    both may be None.
     """
+
+    backend = "gdb"
 
     def __init__(self, what: str, command: str | None = None, message: str | None = None) -> None:
         self.what = what
         self.command = command
         self.message = message
-        parts = [f"gdb: {what}"] + [p for p in (command, message) if p]
+        parts = [f"{self.backend}: {what}"] + [p for p in (command, message) if p]
         super().__init__(" ".join(": ".join(parts).split()))
 
 

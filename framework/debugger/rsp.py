@@ -23,8 +23,8 @@ Two layers:
 Only the last ``RING`` packets each way are kept (with monotonic timestamps) and
 written to the transcript on ``close``: a trace of 100k stops is not logged.
 
-Errors are the contract's: ``DebuggerError`` (an ``Exx`` reply, a lost
-connection, a protocol error) and ``DebuggerTimeout`` (no stop or reply in time).
+Errors are the contract's: ``RspError``, a ``DebuggerError`` (an ``Exx`` reply, a lost
+connection, a protocol error) and ``RspTimeout``, a ``DebuggerTimeout`` (no stop or reply in time).
 """
 
 from __future__ import annotations
@@ -115,6 +115,18 @@ def unescape(body: bytes) -> bytes:
         pos = brace + 2
     out += body[pos:]
     return bytes(out)
+
+
+class RspError(DebuggerError):
+    """A DebuggerError from the remote-protocol client: its message starts ``rsp:``."""
+
+    backend = "rsp"
+
+
+class RspTimeout(DebuggerTimeout):
+    """A DebuggerTimeout from the remote-protocol client."""
+
+    backend = "rsp"
 
 
 @dataclass(frozen=True)
@@ -396,7 +408,7 @@ class Rsp:
         (that would cost a ``g`` for its address).
         """
         if self._sock is not None:
-            raise DebuggerError("connect", message="already connected")
+            raise RspError("connect", message="already connected")
         path = os.path.abspath(self.socket)
         what = f"connect to {path}"
         timeout = self.timeout
@@ -408,7 +420,7 @@ class Rsp:
             except FileNotFoundError:
                 mode = None
             if mode is not None and not stat.S_ISSOCK(mode):
-                raise DebuggerError(what, message="not a unix socket")
+                raise RspError(what, message="not a unix socket")
             if mode is not None:
                 sock = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
                 try:
@@ -420,9 +432,9 @@ class Rsp:
                     last = err.strerror or str(err)
                 except OSError as err:
                     sock.close()
-                    raise DebuggerError(what, message=str(err)) from err
+                    raise RspError(what, message=str(err)) from err
             if time.monotonic() >= deadline:
-                raise DebuggerError(what, message=f"{last} (waited {timeout:g} s)")
+                raise RspError(what, message=f"{last} (waited {timeout:g} s)")
             time.sleep(0.05)
         self._t0 = time.monotonic()
         self._note(f"{time.strftime('%Y-%m-%d %H:%M:%S')} connected to {path}")
@@ -447,7 +459,7 @@ class Rsp:
             self._flush_ack(what)            # the OK itself is acked; from then on neither side acks
             self._ack = False
         if self.features.get("qXfer:features:read") != "+":
-            raise DebuggerError(what, message="the stub offers no target description (qXfer:features:read)")
+            raise RspError(what, message="the stub offers no target description (qXfer:features:read)")
         documents: dict[str, str] = {}
 
         def fetch(annex: str) -> str:
@@ -458,14 +470,14 @@ class Rsp:
         try:
             self._layout = register_layout(fetch)
         except ValueError as err:
-            raise DebuggerError(what, message=str(err)) from None
+            raise RspError(what, message=str(err)) from None
         missing = [n for n in (PC, "rsp") if n not in self._layout.offsets]
         if missing:
-            raise DebuggerError(what, message=f"the target description has no {', '.join(missing)} in 'g' "
+            raise RspError(what, message=f"the target description has no {', '.join(missing)} in 'g' "
                            f"(architecture {self._layout.architecture})")
         reply = self._command(b"?", what)
         if parse_stop(reply) is None:
-            raise DebuggerError(what, "?", f"not a stop reply: {reply[:80]!r}{self._recent()}")
+            raise RspError(what, "?", f"not a stop reply: {reply[:80]!r}{self._recent()}")
         self._note(f"stopped: {reply.decode('ascii', 'replace')}")
 
     def _read_feature(self, annex: str, what: str) -> str:
@@ -476,7 +488,7 @@ class Rsp:
             request = b"qXfer:features:read:%s:%x,%x" % (annex.encode(), len(data), size)
             reply = self._command(request, what)
             if reply[:1] not in (b"m", b"l"):
-                raise DebuggerError(what, request.decode(), f"unexpected reply {reply[:80]!r}{self._recent()}")
+                raise RspError(what, request.decode(), f"unexpected reply {reply[:80]!r}{self._recent()}")
             data += unescape(reply[1:])
             if reply[:1] == b"l" or len(reply) == 1:
                 return data.decode("utf-8", "replace")
@@ -531,7 +543,7 @@ class Rsp:
         try:
             address, where = parse_location(location)
         except ValueError as err:
-            raise DebuggerError(f"break at {location}", message=f"{err}: Rsp takes addresses only; resolve symbols "
+            raise RspError(f"break at {location}", message=f"{err}: Rsp takes addresses only; resolve symbols "
                            "before (framework.elf.vmlinux.Symbols)") from None
         self._command(b"Z%d,%x,1" % (1 if hardware else 0, address), f"break at {where}")
         self._numbers += 1
@@ -545,7 +557,7 @@ class Rsp:
         address = bp.address
         inserted = self._breakpoints.get(address) if address is not None else None
         if address is None or not inserted or bp not in inserted:
-            raise DebuggerError(what, message="no such breakpoint")
+            raise RspError(what, message="no such breakpoint")
         self._command(b"z%d,%x,1" % (1 if bp.hardware else 0, address), what)
         inserted.remove(bp)
         if not inserted:
@@ -570,7 +582,7 @@ class Rsp:
                 try:
                     stop = self._stop(self._read_stop(time.monotonic() + self.timeout))
                 except _TimedOut:
-                    raise DebuggerTimeout(what, "stop reply of the step off the breakpoint", self.timeout,
+                    raise RspTimeout(what, "stop reply of the step off the breakpoint", self.timeout,
                                      "s") from None
                 if stop.reason != "signal-received" or stop.signal != "SIGTRAP":
                     self._pending, self._running = stop, True
@@ -584,11 +596,11 @@ class Rsp:
             stop, self._pending, self._running = self._pending, None, False
             return stop
         if not self._running:
-            raise DebuggerError(what, message="the target is not running and no stop is pending")
+            raise RspError(what, message="the target is not running and no stop is pending")
         try:
             packet = self._read_stop(time.monotonic() + timeout)
         except _TimedOut:
-            raise DebuggerTimeout(what, "stop reply", timeout) from None
+            raise RspTimeout(what, "stop reply", timeout) from None
         return self._stop(packet)
 
     def interrupt(self, timeout: float | None = None) -> Stop:
@@ -597,7 +609,7 @@ class Rsp:
         if self._pending is not None:
             return self.wait_stop(0)
         if not self._running:
-            raise DebuggerError(what, message="the target is not running")
+            raise RspError(what, message="the target is not running")
         wait = self.timeout if timeout is None else timeout
         try:
             packet = self._read_stop(time.monotonic())      # a stop already here
@@ -608,7 +620,7 @@ class Rsp:
             try:
                 packet = self._read_stop(time.monotonic() + wait)
             except _TimedOut:
-                raise DebuggerTimeout(what, "stop reply", wait, "^C") from None
+                raise RspTimeout(what, "stop reply", wait, "^C") from None
         return self._stop(packet)
 
     # registers and memory --------------------------------------------------------------------
@@ -617,7 +629,7 @@ class Rsp:
         what = "read registers"
         unknown = [n for n in names if n not in self._layout.by_name]
         if unknown:
-            raise DebuggerError(what, message=f"no register named {', '.join(unknown)}")
+            raise RspError(what, message=f"no register named {', '.join(unknown)}")
         if self._g is None:
             self._read_g(what)
         assert self._g is not None
@@ -638,11 +650,11 @@ class Rsp:
         what = f"set {name}"
         reg = self._layout.by_name.get(name)
         if reg is None:
-            raise DebuggerError(what, message=f"no register named {name}")
+            raise RspError(what, message=f"no register named {name}")
         try:
             data = le_bytes(value, max(reg.bitsize // 8, 1))
         except ValueError as err:
-            raise DebuggerError(what, message=str(err)) from None
+            raise RspError(what, message=str(err)) from None
         self._command(b"P%x=%s" % (reg.regnum, data.hex().encode()), what)
         slot = self._layout.offsets.get(name)
         if self._g is not None and slot is not None and slot[0] + slot[1] <= len(self._g):
@@ -664,11 +676,11 @@ class Rsp:
             n = min(size, address + length - start)
             reply = self._command(b"m%x,%x" % (start, n), what, memory=start)
             if len(reply) != 2 * n:
-                raise DebuggerError(what, f"m{start:x},{n:x}", f"got {len(reply) // 2} of {n} bytes at {start:#x}")
+                raise RspError(what, f"m{start:x},{n:x}", f"got {len(reply) // 2} of {n} bytes at {start:#x}")
             try:
                 pieces.append(bytes.fromhex(reply.decode("ascii")))
             except ValueError:
-                raise DebuggerError(what, f"m{start:x},{n:x}", f"not hex: {reply[:80]!r}") from None
+                raise RspError(what, f"m{start:x},{n:x}", f"not hex: {reply[:80]!r}") from None
         return b"".join(pieces)
 
     def write_memory(self, address: int, data: bytes) -> None:
@@ -688,14 +700,14 @@ class Rsp:
     # internals -------------------------------------------------------------------------------
     def _check_stopped(self, what: str) -> None:
         if self._sock is None or not self.connected:
-            raise DebuggerError(what, message="not connected")
+            raise RspError(what, message="not connected")
         if self._running or self._pending is not None:
-            raise DebuggerError(what, message="the target is running")
+            raise RspError(what, message="the target is running")
 
     @staticmethod
     def _check_range(what: str, address: int, length: int) -> None:
         if address < 0 or address + length > 1 << 64:
-            raise DebuggerError(what, message="outside the 64-bit address space")
+            raise RspError(what, message="outside the 64-bit address space")
 
     def _command(self, payload: bytes, what: str, *, timeout: float | None = None, empty_ok: bool = False,
                  memory: int | None = None) -> bytes:
@@ -706,16 +718,16 @@ class Rsp:
         try:
             reply = self._read_packet(time.monotonic() + wait)
         except _TimedOut:
-            raise DebuggerTimeout(what, "reply", wait, _show(payload)) from None
+            raise RspTimeout(what, "reply", wait, _show(payload)) from None
         if reply is None:
-            raise DebuggerError(what, _show(payload), "the stub closed the connection")
+            raise RspError(what, _show(payload), "the stub closed the connection")
         error = describe_error(reply)
         if error is not None:
             if memory is not None and reply == b"E14":
                 error = f"Cannot access memory at address {memory:#x}: {error}"
-            raise DebuggerError(what, _show(payload), error)
+            raise RspError(what, _show(payload), error)
         if not reply and not empty_ok:
-            raise DebuggerError(what, _show(payload), "not supported by the stub (empty reply)")
+            raise RspError(what, _show(payload), "not supported by the stub (empty reply)")
         return reply
 
     def _resume(self, payload: bytes) -> None:
@@ -727,7 +739,7 @@ class Rsp:
         try:
             self._g = bytearray(hex_bytes(reply))
         except ValueError:
-            raise DebuggerError(what, "g", f"not hex: {reply[:80]!r}") from None
+            raise RspError(what, "g", f"not hex: {reply[:80]!r}") from None
         if PC in self._layout.offsets:
             self._pc = self._layout.decode(self._g, (PC,))[PC]
 
@@ -795,14 +807,14 @@ class Rsp:
     def _send_raw(self, data: bytes, what: str) -> None:
         """Send ``data``, after the '+' owed for the last packet received (one write instead of two)."""
         if self._sock is None:
-            raise DebuggerError(what, message="not connected")
+            raise RspError(what, message="not connected")
         if self._ack_due:
             data, self._ack_due = b"+" + data, False
         try:
             self._sock.sendall(data)
         except OSError as err:
             self._eof, self._running = True, False
-            raise DebuggerError(what, _show(data), f"the stub is gone ({err})") from err
+            raise RspError(what, _show(data), f"the stub is gone ({err})") from err
 
     def _read_packet(self, deadline: float) -> bytes | None:
         """The next packet's payload (acked when acks are on, run-length encoding undone); None at EOF."""
@@ -828,7 +840,7 @@ class Rsp:
                 try:
                     body = expand(f.body)
                 except ValueError as err:
-                    raise DebuggerError("read a packet", message=f"{err}{self._recent()}") from None
+                    raise RspError("read a packet", message=f"{err}{self._recent()}") from None
                 self._received.append((time.monotonic(), body))
                 self._counts[1] += 1
                 return body

@@ -177,7 +177,7 @@ def test_cont_steps_off_a_breakpoint_interrupt_and_errors(kernel: Kernel, image:
 
             rsp.delete(bp)
             rsp.cont()
-            with pytest.raises(DebuggerTimeout, match=r"gdb: wait for a stop: no stop reply within 0.3 s"):
+            with pytest.raises(DebuggerTimeout, match=r"rsp: wait for a stop: no stop reply within 0.3 s"):
                 rsp.wait_stop(0.3)                    # running, no breakpoint left
             stop = rsp.interrupt()
             assert (stop.reason, stop.signal, stop.breakpoint) == ("signal-received", "SIGINT", None)

@@ -598,7 +598,7 @@ def test_breakpoints_are_numbered_and_hits_reported(stub: FakeStub, rsp: Rsp) ->
 def test_symbols_are_the_callers_business(stub: FakeStub, rsp: Rsp) -> None:
     with pytest.raises(DebuggerError) as err:
         rsp.break_at("text_poke_early")
-    assert "gdb: break at text_poke_early:" in str(err.value) and "resolve symbols" in str(err.value)
+    assert "rsp: break at text_poke_early:" in str(err.value) and "resolve symbols" in str(err.value)
     assert stub.sent("Z") == []
 
 
@@ -606,10 +606,10 @@ def test_error_replies_are_gdb_errors(stub: FakeStub, rsp: Rsp) -> None:
     stub.refuse.add(A)
     with pytest.raises(DebuggerError) as err:
         rsp.break_at(A)
-    assert str(err.value) == f"gdb: break at *{A:#x}: Z0,{A:x},1: E22 (EINVAL)"
+    assert str(err.value) == f"rsp: break at *{A:#x}: Z0,{A:x},1: E22 (EINVAL)"
     with pytest.raises(DebuggerError) as err:
         rsp.read_memory(0, 16)
-    assert str(err.value) == "gdb: read 16 bytes at 0x0: m0,10: Cannot access memory at address 0x0: E14 (EFAULT)"
+    assert str(err.value) == "rsp: read 16 bytes at 0x0: m0,10: Cannot access memory at address 0x0: E14 (EFAULT)"
     with pytest.raises(DebuggerError, match="no register named nosuch"):
         rsp.registers(["rip", "nosuch"])
     with pytest.raises(DebuggerError, match="no register named nosuch"):
@@ -625,7 +625,7 @@ def test_error_replies_are_gdb_errors(stub: FakeStub, rsp: Rsp) -> None:
     stub.unsupported.add("P")
     with pytest.raises(DebuggerError) as err:
         rsp.set_register("rax", 1)
-    assert str(err.value) == f"gdb: set rax: P0={bytes([1]).hex()}{'00' * 7}: not supported by the stub (empty reply)"
+    assert str(err.value) == f"rsp: set rax: P0={bytes([1]).hex()}{'00' * 7}: not supported by the stub (empty reply)"
 
 
 def test_step_off_a_breakpoint_without_touching_breakpoints(stub: FakeStub, rsp: Rsp) -> None:
@@ -713,7 +713,7 @@ def test_wait_stop_times_out_and_a_later_wait_gets_the_stop(stub: FakeStub, rsp:
     rsp.cont()
     with pytest.raises(DebuggerTimeout) as err:
         rsp.wait_stop(0.1)
-    assert str(err.value) == "gdb: wait for a stop: no stop reply within 0.1 s"
+    assert str(err.value) == "rsp: wait for a stop: no stop reply within 0.1 s"
     with pytest.raises(DebuggerError, match="the target is running"):
         rsp.registers(["rip"])
     stop = rsp.wait_stop(5)
@@ -761,7 +761,7 @@ def test_commands_time_out(stub: FakeStub, rsp: Rsp, monkeypatch: pytest.MonkeyP
     rsp.timeout = 0.2
     with pytest.raises(DebuggerTimeout) as err:
         rsp.read_memory(A, 4)
-    assert str(err.value) == f"gdb: read 4 bytes at {A:#x}: m{A:x},4: no reply within 0.2 s"
+    assert str(err.value) == f"rsp: read 4 bytes at {A:#x}: m{A:x},4: no reply within 0.2 s"
 
 
 def test_detach_and_close_leave_the_guest_running(stub: FakeStub, tmp_path: Path) -> None:
