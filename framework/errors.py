@@ -19,7 +19,9 @@ did not meet its expectation is not an exception: it is a verdict.
           ├── LaunchError           QEMU did not start, or died before the guest ran
           │    └── QMPError         (qmp.py) QMP refused a command or the connection broke
           └── DebuggerError         (debugger/contract.py) a debugger failed, was refused, or lost the target
-               └── DebuggerTimeout  a stop or an answer that did not come in time
+               ├── DebuggerTimeout  a stop or an answer that did not come in time
+               │    └── RspTimeout  (debugger/rsp.py) the same, from the remote-protocol client
+               └── RspError         (debugger/rsp.py) a DebuggerError of the remote-protocol client ("rsp: …")
 
 Every error renders as one line (``str(err)``); details that help (the
 command, the last lines of output) are kept in attributes for reports.
