@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--expect", type=Path, metavar="CONFIG.yaml", help="judge against this config's expect:")
     check.add_argument("--json", action="store_true", help="print the observation as JSON")
     check.add_argument("--mode", choices=MODES,
-                       help="the mode the log came from (recorded in the output; both tables always apply)")
+                       help="the mode the log came from (default: the saved run's): picks the config's "
+                            "expect.<mode> section; both crash tables always apply")
 
     boot = sub.add_parser("boot", help="boot interactively: console attached, Ctrl-] quits")
     boot.add_argument("--kernel", default=DEFAULT_KERNEL, help="kernel reference (default: %(default)s)")
@@ -217,7 +218,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     cfg = load_config(args.expect) if args.expect else None
     verdicts: list[VerdictName] = []
     for target in targets:
-        checked = check(target, cfg)
+        checked = check(target, cfg, check_mode(args.mode) if args.mode else None)
         saved = checked.saved
         out: dict[str, Any] = {"path": str(target), "mode": args.mode or (saved.mode if saved else None),
                                **checked.observation.to_json()}

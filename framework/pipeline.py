@@ -145,7 +145,7 @@ def execute(req: RunRequest, note: Note) -> RunResult:
         if facts.hypervisor is not None:
             facts.hypervisor["banner"] = xen.banner([text for _, text in lines])
         observation = observe(lines, ending)
-        verdict = judge(cfg, observation, _analysis(inspection))
+        verdict = judge(cfg, observation, _analysis(inspection), req.mode)
         error = None
     except PatchscopeError as err:
         error = str(err)
@@ -302,8 +302,11 @@ class Checked:
     verdict: Verdict | None            # against the given config, when there is one
 
 
-def check(path: Path, config: Config | None) -> Checked:
-    """Observe a saved console log again and, with a config, judge it with the run's saved analysis."""
+def check(path: Path, config: Config | None, mode: Mode | None = None) -> Checked:
+    """Observe a saved console log again and, with a config, judge it with the run's saved analysis.
+
+    ``mode`` picks the config's ``expect.<mode>`` section; by default the saved run's mode.
+    """
     saved: RunResult | None = None
     analysis: Analysis | None = None
     if path.is_dir():
@@ -321,5 +324,6 @@ def check(path: Path, config: Config | None) -> Checked:
     else:
         ending = Ending("log-end", next((t for t, _ in reversed(lines) if t is not None), 0.0))
     observation = observe(lines, ending)
-    verdict = judge(config, observation, analysis) if config is not None else None
+    mode = mode or (saved.mode if saved is not None else None)
+    verdict = judge(config, observation, analysis, mode) if config is not None else None
     return Checked(path, observation, saved, verdict)

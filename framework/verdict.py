@@ -19,7 +19,7 @@ from .analysis.findings import Analysis
 from .analysis.observation import Observation
 from .analysis.sites import Comparison, SiteState, insns_text, normalize_insns
 from .config import Config, Expect, SiteAssertion
-from .domain import VerdictName
+from .domain import Mode, VerdictName
 from .scenario import MAX_STOPS, NmiRecord, Scenario
 
 MAX_REASONS = 30
@@ -48,15 +48,17 @@ class Verdict:
         return self.verdict == "pass"
 
 
-def judge(config: Config, observation: Observation, analysis: Analysis | None = None) -> Verdict:
+def judge(config: Config, observation: Observation, analysis: Analysis | None = None,
+          mode: Mode | None = None) -> Verdict:
     """The verdict of one run, and the reasons for it: the only place a verdict is made.
 
-    ``config`` is what the run is held against (its ``expect``, its ``scenario``,
+    ``config`` is what the run is held against (its ``expect``, with the
+    ``expect.<mode>`` section of the run's ``mode`` laid over it; its ``scenario``;
     whether it asks for a trace); ``analysis`` is what the debugger found (None
     when no debugger looked). A live run and ``patchscope check`` of its
     artefacts call this with equal arguments, so they get the same verdict.
     """
-    expect = config.expect
+    expect = config.expect_for(mode)
     if observation.outcome == "unknown":
         return Verdict("error", (observation.summary,))
     reasons: list[str] = []

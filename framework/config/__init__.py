@@ -41,6 +41,12 @@ Schema (every key is optional)::
       nmi: delivered         # delivered | ignored | early | arrived (not lost) | lost: every injected NMI's
                              # fate, or a list with one per NMI in injection order ([delivered, ignored]);
                              # needs an inject-nmi action; default delivered when the scenario injects one
+      native:                # what changes in one mode (native or xen-pv), laid over expect for runs in
+        console:             # that mode: outcome, crash, oversized, unknown_changes, pv_indirect and nmi
+          contains: ["on bare hardware"]   # given here replace expect's; allow_crashes, console,
+      xen-pv:                # sites and stops given here are added to expect's
+        console:
+          contains: ["Booting kernel on Xen"]
     scenario:                # at a breakpoint, when conditions hold, do actions (framework/scenario/)
       max_stops: 1000        # at most this many stops at the rules' breakpoints (matched or not),
                              # 1..1000000; default 1000; then the breakpoints go and the run fails

@@ -9,6 +9,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from ..domain import DEFAULT_HYPERVISOR, DEFAULT_KERNEL, MODES, TABLES, Mode, Outcome
 from ..scenario import Scenario, StopExpect
@@ -20,10 +21,13 @@ __all__ = [
     "Config",
     "ConsoleExpect",
     "Expect",
+    "ExpectOverlay",
     "Inspect",
     "QemuOptions",
     "SiteAssertion",
 ]
+
+T = TypeVar("T")
 
 DEFAULT_TIMEOUT = 120.0
 DEFAULT_SILENCE = 60.0
@@ -63,6 +67,37 @@ class Expect:
     stops: tuple[StopExpect, ...] = ()    # checks on the scenario's stops
     nmi: str | tuple[str, ...] | None = None   # every NMI's fate, or each one's in injection order;
                                                # see scenario.effective_nmi
+
+
+@dataclass(frozen=True)
+class ExpectOverlay:
+    """``expect.<mode>``: what changes in that mode. Values given replace the base's;
+    lists given (allow_crashes, console, sites, stops) are added to the base's."""
+
+    outcome: Outcome | None = None
+    crash: re.Pattern[str] | None = None
+    allow_crashes: tuple[re.Pattern[str], ...] = ()
+    console: ConsoleExpect = ConsoleExpect()
+    sites: tuple[SiteAssertion, ...] = ()
+    oversized: int | None = None
+    unknown_changes: int | None = None
+    pv_indirect: int | None = None
+    stops: tuple[StopExpect, ...] = ()
+    nmi: str | tuple[str, ...] | None = None
+
+    def over(self, base: Expect) -> Expect:
+        def pick(mine: T | None, theirs: T) -> T:
+            return theirs if mine is None else mine
+
+        return Expect(
+            outcome=pick(self.outcome, base.outcome), crash=pick(self.crash, base.crash),
+            allow_crashes=base.allow_crashes + self.allow_crashes,
+            console=ConsoleExpect(base.console.contains + self.console.contains,
+                                  base.console.excludes + self.console.excludes),
+            sites=base.sites + self.sites, oversized=pick(self.oversized, base.oversized),
+            unknown_changes=pick(self.unknown_changes, base.unknown_changes),
+            pv_indirect=pick(self.pv_indirect, base.pv_indirect), stops=base.stops + self.stops,
+            nmi=pick(self.nmi, base.nmi))
 
 
 @dataclass(frozen=True)
@@ -113,8 +148,14 @@ class Config:
     timeout: float = DEFAULT_TIMEOUT
     silence: float = DEFAULT_SILENCE
     expect: Expect = Expect()
+    expect_modes: Mapping[Mode, ExpectOverlay] = field(default_factory=dict, hash=False)   # expect.<mode>
     inspect: Inspect | None = None
     scenario: Scenario | None = None
     # Dotted key -> 1-based line ("expect.outcome", "cmdline[2]"); read-only by convention.
     # Not part of equality: the same settings laid out differently are the same config.
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, hash=False)
+
+    def expect_for(self, mode: Mode | None) -> Expect:
+        """What a run in ``mode`` must meet: ``expect`` with that mode's section laid over it."""
+        overlay = self.expect_modes.get(mode) if mode is not None else None
+        return overlay.over(self.expect) if overlay is not None else self.expect

@@ -17,7 +17,7 @@ import yaml
 from .. import yamlnode as yn
 from ..errors import ConfigError
 from ..scenario import Action, Scenario, StopExpect, Trigger, parse_expression
-from .model import DEFAULT_SILENCE, Config, ConsoleExpect, Expect, QemuOptions, SiteAssertion
+from .model import DEFAULT_SILENCE, Config, ConsoleExpect, Expect, ExpectOverlay, QemuOptions, SiteAssertion
 from .schema import SCHEMA, build_config, parse_modes
 
 __all__ = ["default_config", "to_yaml_dict", "with_overrides"]
@@ -49,6 +49,27 @@ def _expect_dict(expect: Expect) -> dict[str, object]:
         **({"stops": [_stop_dict(s) for s in expect.stops]} if expect.stops else {}),
         **({"nmi": expect.nmi if isinstance(expect.nmi, str) else list(expect.nmi)}
            if expect.nmi is not None else {}),
+    }
+
+
+def _overlays_dict(config: Config) -> dict[str, object]:
+    return {mode: _overlay_dict(overlay) for mode, overlay in config.expect_modes.items()}
+
+
+def _overlay_dict(overlay: ExpectOverlay) -> dict[str, object]:
+    """``expect.<mode>``: only what the section gives."""
+    console = {k: v for k, v in _console_dict(overlay.console).items() if v}
+    return {
+        **({"outcome": overlay.outcome} if overlay.outcome is not None else {}),
+        **({"crash": overlay.crash.pattern} if overlay.crash is not None else {}),
+        **({"allow_crashes": [p.pattern for p in overlay.allow_crashes]} if overlay.allow_crashes else {}),
+        **({"console": console} if console else {}),
+        **({"sites": [_site_dict(a) for a in overlay.sites]} if overlay.sites else {}),
+        **{k: v for k, v in (("oversized", overlay.oversized), ("unknown_changes", overlay.unknown_changes),
+                             ("pv_indirect", overlay.pv_indirect)) if v is not None},
+        **({"stops": [_stop_dict(s) for s in overlay.stops]} if overlay.stops else {}),
+        **({"nmi": overlay.nmi if isinstance(overlay.nmi, str) else list(overlay.nmi)}
+           if overlay.nmi is not None else {}),
     }
 
 
@@ -132,7 +153,7 @@ def to_yaml_dict(config: Config) -> dict[str, object]:
         "init_commands": list(config.init_commands),
         "timeout": config.timeout,
         "silence": config.silence,
-        "expect": _expect_dict(config.expect),
+        "expect": _expect_dict(config.expect) | _overlays_dict(config),
         **({"inspect": {"capture": list(config.inspect.captures), "tables": list(config.inspect.tables),
                         **({"trace": True} if config.inspect.trace else {})}}
            if config.inspect else {}),

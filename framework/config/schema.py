@@ -20,7 +20,7 @@ import yaml
 from .. import yamlnode as yn
 from ..domain import CAPTURE_POINTS, DEFAULT_HYPERVISOR, DEFAULT_KERNEL, MODES, OUTCOMES, TABLES, Mode, Outcome
 from ..domain import SITE_STATES as STATES
-from ..scenario import StopExpect
+from ..scenario import Scenario, StopExpect
 from ..scenario import parse as scenario_parse
 from .model import (
     DEFAULT_DOM0_MEMORY_MIB,
@@ -29,6 +29,7 @@ from .model import (
     Config,
     ConsoleExpect,
     Expect,
+    ExpectOverlay,
     Inspect,
     QemuOptions,
     SiteAssertion,
@@ -215,6 +216,22 @@ def _qemu_arg(ctx: yn.Ctx, node: yaml.Node, key: str, text: str) -> None:
 _NAME_PATTERN = rf"(?![.]+$)[A-Za-z0-9._-]{{1,{MAX_NAME_LENGTH}}}"
 _NAME_WHAT = f"1-{MAX_NAME_LENGTH} letters, digits, '.', '_' or '-' (not only dots)"
 
+_EXPECT_KEYS: dict[str, yn.Parser | yn.Section] = {
+    "stops": scenario_parse.stop_expects,
+    "nmi": scenario_parse.nmi,
+    "sites": _site_assertions,
+    "oversized": _at_most,
+    "unknown_changes": _at_most,
+    "pv_indirect": _at_most,
+    "outcome": yn.choice(OUTCOMES),
+    "crash": yn.optional_regex,
+    "allow_crashes": yn.regexes,
+    "console": yn.Section({
+        "contains": yn.regexes,
+        "excludes": yn.regexes,
+    }),
+}
+
 SCHEMA = yn.Section({
     "name": yn.text(_NAME_WHAT, pattern=_NAME_PATTERN),
     "kernel": yn.text("a kernel reference such as 'debian-6.1'"),
@@ -240,21 +257,7 @@ SCHEMA = yn.Section({
         "trace": yn.flag,
     }),
     "scenario": scenario_parse.SCENARIO,
-    "expect": yn.Section({
-        "stops": scenario_parse.stop_expects,
-        "nmi": scenario_parse.nmi,
-        "sites": _site_assertions,
-        "oversized": _at_most,
-        "unknown_changes": _at_most,
-        "pv_indirect": _at_most,
-        "outcome": yn.choice(OUTCOMES),
-        "crash": yn.optional_regex,
-        "allow_crashes": yn.regexes,
-        "console": yn.Section({
-            "contains": yn.regexes,
-            "excludes": yn.regexes,
-        }),
-    }),
+    "expect": yn.Section({**_EXPECT_KEYS, **{mode: yn.Section(_EXPECT_KEYS) for mode in MODES}}),
 })
 
 
@@ -338,6 +341,27 @@ def build_config(ctx: yn.Ctx, values: Mapping[str, object], name: str, path: Pat
                        "expect.nmi needs a scenario rule that injects an NMI (do: [inject-nmi]); "
                        "add one or remove expect.nmi")
 
+    base = Expect(
+        outcome=cast(Outcome, outcome),
+        crash=crash,
+        allow_crashes=allow_crashes,
+        console=ConsoleExpect(
+            contains=get(console, "contains", ()),
+            excludes=get(console, "excludes", ()),
+        ),
+        sites=sites,
+        oversized=cast(int | None, expect.get("oversized")),
+        unknown_changes=cast(int | None, expect.get("unknown_changes")),
+        pv_indirect=cast(int | None, expect.get("pv_indirect")),
+        stops=stops,
+        nmi=nmi,
+    )
+    overlays: dict[Mode, ExpectOverlay] = {}
+    for mode in MODES:
+        section = cast(Mapping[str, object] | None, expect.get(mode))
+        if section is not None:
+            overlays[mode] = _overlay(ctx, mode, section, base, initramfs, inspect, scenario)
+
     return Config(
         name=get(values, "name", name),
         path=path,
@@ -357,25 +381,68 @@ def build_config(ctx: yn.Ctx, values: Mapping[str, object], name: str, path: Pat
         init_commands=init_commands,
         timeout=float(timeout),
         silence=float(silence),
-        expect=Expect(
-            outcome=cast(Outcome, outcome),
-            crash=crash,
-            allow_crashes=allow_crashes,
-            console=ConsoleExpect(
-                contains=get(console, "contains", ()),
-                excludes=get(console, "excludes", ()),
-            ),
-            sites=sites,
-            oversized=cast(int | None, expect.get("oversized")),
-            unknown_changes=cast(int | None, expect.get("unknown_changes")),
-            pv_indirect=cast(int | None, expect.get("pv_indirect")),
-            stops=stops,
-            nmi=nmi,
-        ),
+        expect=base,
+        expect_modes=overlays,
         inspect=inspect,
         scenario=scenario,
         lines=dict(lines),
     )
+
+
+def _overlay(ctx: yn.Ctx, mode: Mode, values: Mapping[str, object], base: Expect, initramfs: str,
+             inspect: Inspect | None, scenario: Scenario | None) -> ExpectOverlay:
+    """``expect.<mode>``, checked as it will be judged: laid over the base expectation."""
+    get, lines, prefix = yn.get, ctx.lines, f"expect.{mode}"
+    console = get(values, "console", cast(Mapping[str, object], {}))
+    outcome = cast(Outcome | None, values.get("outcome"))
+    overlay = ExpectOverlay(
+        outcome=outcome, crash=get(values, "crash", cast(re.Pattern[str] | None, None)),
+        allow_crashes=get(values, "allow_crashes", ()),
+        console=ConsoleExpect(contains=get(console, "contains", ()), excludes=get(console, "excludes", ())),
+        sites=get(values, "sites", ()), oversized=cast(int | None, values.get("oversized")),
+        unknown_changes=cast(int | None, values.get("unknown_changes")),
+        pv_indirect=cast(int | None, values.get("pv_indirect")), stops=get(values, "stops", ()),
+        nmi=cast(str | tuple[str, ...] | None, values.get("nmi")))
+    merged = overlay.over(base)
+
+    def line(key: str) -> int | None:
+        return lines.get(f"{prefix}.{key}", lines.get(f"expect.{key}"))
+
+    where = f"in {mode} mode ({prefix} over expect)"
+    if merged.crash is not None and merged.outcome != "panics":
+        raise ctx.fail(line("crash") if "crash" in values else line("outcome"),
+                       f"expect.crash only applies to outcome 'panics' (outcome is {merged.outcome!r} {where}); "
+                       f"set {prefix}.outcome: panics or remove the crash")
+    if merged.allow_crashes and merged.outcome == "hangs":
+        raise ctx.fail(line("allow_crashes") if "allow_crashes" in values else line("outcome"),
+                       f"expect.allow_crashes cannot be used with outcome 'hangs' {where}; "
+                       "remove it or change the outcome")
+    if merged.outcome == "boots" and initramfs == "none":
+        raise ctx.fail(line("outcome"), f"initramfs: none cannot go with outcome 'boots' {where}: without "
+                                        "patchscope's /init nothing prints the success marker")
+    for key in ("sites", "oversized", "unknown_changes", "pv_indirect"):
+        if values.get(key) not in (None, ()) and inspect is None:
+            raise ctx.fail(lines.get(f"{prefix}.{key}"), f"{prefix}.{key} needs an inspect: section saying what "
+                                                         "to capture, e.g. inspect: {capture: after-patching}")
+    for index, assertion in enumerate(overlay.sites):
+        assert inspect is not None
+        if assertion.at is not None and assertion.at not in inspect.captures:
+            raise ctx.fail(lines.get(f"{prefix}.sites[{index}].at"),
+                           f"{prefix}.sites[{index}].at: {assertion.at!r} is not captured; "
+                           f"inspect.capture has {', '.join(inspect.captures)}")
+        if assertion.table is not None and assertion.table not in inspect.tables:
+            raise ctx.fail(lines.get(f"{prefix}.sites[{index}].table"),
+                           f"{prefix}.sites[{index}].table: {assertion.table!r} is not in inspect.tables")
+    rule_ats = [rule.on.at for rule in scenario.rules] if scenario is not None else []
+    for index, stop in enumerate(overlay.stops):
+        if stop.at not in rule_ats:
+            raise ctx.fail(lines.get(f"{prefix}.stops[{index}].at"),
+                           f"{prefix}.stops[{index}].at: no scenario rule stops at {stop.at!r}"
+                           f"{yn.suggest(stop.at, rule_ats)}; it needs a scenario: section whose rules stop there")
+    if overlay.nmi is not None and (scenario is None or not scenario.injects_nmi()):
+        raise ctx.fail(lines.get(f"{prefix}.nmi"), f"{prefix}.nmi needs a scenario rule that injects an NMI "
+                                                   "(do: [inject-nmi]); add one or remove it")
+    return overlay
 
 
 def _default_name(path: Path | None) -> str:

@@ -62,3 +62,12 @@ def test_mode_flag_overrides_a_pinned_config(tmp_path: Path, artifacts: Path) ->
     assert res.returncode == 0, res.stdout + res.stderr
     assert result_json(artifacts, "pinned", "xen-pv")["mode"] == "xen-pv"
     assert not (artifacts / "pinned" / "native").exists()
+
+
+def test_boot_native_runs_under_xen_with_its_xen_pv_expectations(artifacts: Path) -> None:
+    # The config pins native mode; --mode xen-pv runs it as dom0 and its expect.xen-pv section applies.
+    res = patchscope("run", "configs/boot-native.yaml", "--mode", "xen-pv", "--artifacts", str(artifacts), "-q")
+    assert res.returncode == 0, res.stdout + res.stderr
+    data = result_json(artifacts, "boot-native", "xen-pv")
+    assert data["verdict"] == "pass" and data["hypervisor"]["package"] == "xen-hypervisor-4.17-amd64"
+    assert data["expect"]["xen-pv"] == {"console": {"contains": ["Booting kernel on Xen"]}}

@@ -91,3 +91,13 @@ def test_a_saved_run_fails_nmi_and_stop_expectations_it_does_not_meet(tmp_path: 
     assert any(r.startswith("expect.stops (line ") and "at apply_paravirt: 1 stop, expected 2" in r for r in reasons)
     assert any(r.startswith("NMI injected at stop 2 was ignored: it reached exc_nmi in ") for r in reasons)
     assert cli_main(["check", str(RUNS_DIR / "nmi-during-patching-native"), "--expect", str(wrong)]) == 1
+
+
+def test_check_holds_a_saved_run_to_its_own_modes_section() -> None:
+    run, config = RUNS_DIR / "boot-native-native", load_config(CONFIGS / "boot-native.yaml")
+    assert "xen-pv" in config.expect_modes
+    native = check(run, config)                       # the saved run's mode: native
+    assert native.verdict is not None and native.verdict.passed
+    as_xen = check(run, config, "xen-pv")
+    assert as_xen.verdict is not None
+    assert as_xen.verdict.reasons == ("no console line matches /Booting kernel on Xen/",)
