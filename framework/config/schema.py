@@ -307,39 +307,12 @@ def build_config(ctx: yn.Ctx, values: Mapping[str, object], name: str, path: Pat
                           tables=get(inspect_values, "tables", Inspect.tables),
                           trace=get(inspect_values, "trace", False))
     sites = get(expect, "sites", cast(tuple[SiteAssertion, ...], ()))
-    for key in ("sites", "oversized", "unknown_changes", "pv_indirect"):
-        if expect.get(key) not in (None, ()) and inspect is None:
-            raise ctx.fail(lines.get(f"expect.{key}"),
-                           f"expect.{key} needs an inspect: section saying what to capture, "
-                           "e.g. inspect: {capture: after-patching}")
-    for index, assertion in enumerate(sites):
-        assert inspect is not None
-        if assertion.at is not None and assertion.at not in inspect.captures:
-            raise ctx.fail(lines.get(f"expect.sites[{index}].at"),
-                           f"expect.sites[{index}].at: {assertion.at!r} is not captured; "
-                           f"inspect.capture has {', '.join(inspect.captures)}")
-        if assertion.table is not None and assertion.table not in inspect.tables:
-            raise ctx.fail(lines.get(f"expect.sites[{index}].table"),
-                           f"expect.sites[{index}].table: {assertion.table!r} is not in inspect.tables")
+    _check_sites(ctx, "expect", expect, sites, inspect)
 
     scenario = scenario_parse.build_scenario(ctx, values)
     stops = get(expect, "stops", cast(tuple[StopExpect, ...], ()))
     nmi = cast(str | tuple[str, ...] | None, expect.get("nmi"))
-    if stops and scenario is None:
-        raise ctx.fail(lines.get("expect.stops"),
-                       "expect.stops needs a scenario: section whose rules stop there, "
-                       "e.g. scenario: {rules: [{on: int3_magic, do: [record]}]}")
-    rule_ats = [rule.on.at for rule in scenario.rules] if scenario is not None else []
-    for index, stop in enumerate(stops):
-        if stop.at not in rule_ats:
-            raise ctx.fail(lines.get(f"expect.stops[{index}].at"),
-                           f"expect.stops[{index}].at: no scenario rule stops at {stop.at!r}"
-                           f"{yn.suggest(stop.at, rule_ats)}; write a rule's on: exactly as it is written "
-                           f"({', '.join(dict.fromkeys(rule_ats))})")
-    if nmi is not None and (scenario is None or not scenario.injects_nmi()):
-        raise ctx.fail(lines.get("expect.nmi"),
-                       "expect.nmi needs a scenario rule that injects an NMI (do: [inject-nmi]); "
-                       "add one or remove expect.nmi")
+    _check_scenario_checks(ctx, "expect", stops, nmi, scenario)
 
     base = Expect(
         outcome=cast(Outcome, outcome),
@@ -420,11 +393,21 @@ def _overlay(ctx: yn.Ctx, mode: Mode, values: Mapping[str, object], base: Expect
     if merged.outcome == "boots" and initramfs == "none":
         raise ctx.fail(line("outcome"), f"initramfs: none cannot go with outcome 'boots' {where}: without "
                                         "patchscope's /init nothing prints the success marker")
+    _check_sites(ctx, prefix, values, overlay.sites, inspect)
+    _check_scenario_checks(ctx, prefix, overlay.stops, overlay.nmi, scenario)
+    return overlay
+
+
+def _check_sites(ctx: yn.Ctx, prefix: str, values: Mapping[str, object], sites: tuple[SiteAssertion, ...],
+                 inspect: Inspect | None) -> None:
+    """Site checks (under ``prefix``: expect, or expect.<mode>) need an inspection that captures what they name."""
+    lines = ctx.lines
     for key in ("sites", "oversized", "unknown_changes", "pv_indirect"):
         if values.get(key) not in (None, ()) and inspect is None:
-            raise ctx.fail(lines.get(f"{prefix}.{key}"), f"{prefix}.{key} needs an inspect: section saying what "
-                                                         "to capture, e.g. inspect: {capture: after-patching}")
-    for index, assertion in enumerate(overlay.sites):
+            raise ctx.fail(lines.get(f"{prefix}.{key}"),
+                           f"{prefix}.{key} needs an inspect: section saying what to capture, "
+                           "e.g. inspect: {capture: after-patching}")
+    for index, assertion in enumerate(sites):
         assert inspect is not None
         if assertion.at is not None and assertion.at not in inspect.captures:
             raise ctx.fail(lines.get(f"{prefix}.sites[{index}].at"),
@@ -433,16 +416,27 @@ def _overlay(ctx: yn.Ctx, mode: Mode, values: Mapping[str, object], base: Expect
         if assertion.table is not None and assertion.table not in inspect.tables:
             raise ctx.fail(lines.get(f"{prefix}.sites[{index}].table"),
                            f"{prefix}.sites[{index}].table: {assertion.table!r} is not in inspect.tables")
+
+
+def _check_scenario_checks(ctx: yn.Ctx, prefix: str, stops: tuple[StopExpect, ...],
+                           nmi: str | tuple[str, ...] | None, scenario: Scenario | None) -> None:
+    """Stop and NMI checks (under ``prefix``) need scenario rules that stop there and inject NMIs."""
+    lines = ctx.lines
+    if stops and scenario is None:
+        raise ctx.fail(lines.get(f"{prefix}.stops"),
+                       f"{prefix}.stops needs a scenario: section whose rules stop there, "
+                       "e.g. scenario: {rules: [{on: int3_magic, do: [record]}]}")
     rule_ats = [rule.on.at for rule in scenario.rules] if scenario is not None else []
-    for index, stop in enumerate(overlay.stops):
+    for index, stop in enumerate(stops):
         if stop.at not in rule_ats:
             raise ctx.fail(lines.get(f"{prefix}.stops[{index}].at"),
                            f"{prefix}.stops[{index}].at: no scenario rule stops at {stop.at!r}"
-                           f"{yn.suggest(stop.at, rule_ats)}; it needs a scenario: section whose rules stop there")
-    if overlay.nmi is not None and (scenario is None or not scenario.injects_nmi()):
-        raise ctx.fail(lines.get(f"{prefix}.nmi"), f"{prefix}.nmi needs a scenario rule that injects an NMI "
-                                                   "(do: [inject-nmi]); add one or remove it")
-    return overlay
+                           f"{yn.suggest(stop.at, rule_ats)}; write a rule's on: exactly as it is written "
+                           f"({', '.join(dict.fromkeys(rule_ats))})")
+    if nmi is not None and (scenario is None or not scenario.injects_nmi()):
+        raise ctx.fail(lines.get(f"{prefix}.nmi"),
+                       f"{prefix}.nmi needs a scenario rule that injects an NMI (do: [inject-nmi]); "
+                       f"add one or remove {prefix}.nmi")
 
 
 def _default_name(path: Path | None) -> str:

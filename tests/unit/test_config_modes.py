@@ -68,7 +68,7 @@ BAD = {
     "expect:\n  native:\n    native: {}\n": "<config>:3: unknown key 'native' in expect.native",
     "expect:\n  xen-pv:\n    nmi: delivered\n":
         "<config>:3: expect.xen-pv.nmi needs a scenario rule that injects an NMI (do: [inject-nmi]); add one or "
-        "remove it",
+        "remove expect.xen-pv.nmi",
 }
 
 
