@@ -185,30 +185,6 @@ class Capture:
 # --- comparison -----------------------------------------------------------------------
 
 
-def _hex(value: object) -> int | None:
-    return None if value is None else int(str(value), 16)
-
-
-def site_from_json(data: Mapping[str, object]) -> Site:
-    """A Site back from ``Site.to_json()`` (a saved sites-<capture>.jsonl.gz line)."""
-    def num(key: str) -> int | None:
-        value = data.get(key)
-        return None if value is None else int(str(value))
-
-    replacement = data.get("replacement")
-    return Site(table=str(data["table"]), index=int(str(data["index"])), address=int(str(data["address"]), 16),
-                length=int(str(data["length"])), original=bytes.fromhex(str(data["original"])),
-                section=str(data["section"]), op=_opt_str(data.get("op")), slot=num("slot"),
-                feature=_opt_str(data.get("feature")),
-                replacement=None if replacement is None else bytes.fromhex(str(replacement)),
-                replacement_address=_hex(data.get("replacement_address")), target=_hex(data.get("target")),
-                flags=num("flags"), key=_hex(data.get("key")))
-
-
-def _opt_str(value: object) -> str | None:
-    return None if value is None else str(value)
-
-
 def _strings(value: object) -> tuple[str, ...]:
     return tuple(str(v) for v in value) if isinstance(value, list) else ()
 
@@ -235,7 +211,7 @@ class SiteState:
         state = str(data["state"])
         if state not in STATES:
             raise ValueError(f"unknown site state {state!r}")
-        return SiteState(site_from_json(data), state,
+        return SiteState(Site.from_json(data), state,
                          None if live is None else bytes.fromhex(str(live)),
                          _strings(data.get("live_insns")), str(data.get("symbol") or ""))
 

@@ -184,9 +184,6 @@ class SelfCheck:
                            dict(sorted(self.bypass.items())),
                            tuple(e.to_json() for e in self.unexplained[:MAX_KEPT]), len(self.unexplained))
 
-    def to_json(self) -> dict[str, object]:
-        return self.result().to_json()
-
 
 MAX_KEPT = 50
 

@@ -379,6 +379,29 @@ class Site:
             "key": hx(self.key),
         }
 
+    @staticmethod
+    def from_json(data: Mapping[str, object]) -> Site:
+        """A Site back from ``to_json()`` (a saved sites-<capture>.jsonl.gz line)."""
+        def num(key: str) -> int | None:
+            value = data.get(key)
+            return None if value is None else int(str(value))
+
+        def hexnum(key: str) -> int | None:
+            value = data.get(key)
+            return None if value is None else int(str(value), 16)
+
+        def text(key: str) -> str | None:
+            value = data.get(key)
+            return None if value is None else str(value)
+
+        replacement = data.get("replacement")
+        return Site(table=str(data["table"]), index=int(str(data["index"])), address=int(str(data["address"]), 16),
+                    length=int(str(data["length"])), original=bytes.fromhex(str(data["original"])),
+                    section=str(data["section"]), op=text("op"), slot=num("slot"), feature=text("feature"),
+                    replacement=None if replacement is None else bytes.fromhex(str(replacement)),
+                    replacement_address=hexnum("replacement_address"), target=hexnum("target"),
+                    flags=num("flags"), key=hexnum("key"))
+
 
 _SITE_DEFAULTS = {f.name: f.default for f in fields(Site) if f.default is not MISSING}
 

@@ -75,10 +75,6 @@ class RunResult:
     def outcome(self) -> str | None:
         return self.observation.outcome if self.observation is not None else None
 
-    @property
-    def title(self) -> str | None:
-        return self.observation.title if self.observation is not None else None
-
     def to_json(self) -> dict[str, object]:
         data: dict[str, object] = {
             "schema": SCHEMA, "patchscope": self.patchscope, "name": self.name, "mode": self.mode,
