@@ -50,6 +50,8 @@ RING = 400
 DEFAULT_PACKET_SIZE = 0x400
 # How long close() gives an interrupt and a detach of a target left running.
 CLOSE_GRACE = 3.0
+# Steps off a breakpoint that may end where they began (see Rsp._step_off) before giving up.
+STEP_RETRIES = 1000
 # The program counter's name in the x86-64 target description.
 PC = "rip"
 
@@ -578,16 +580,39 @@ class Rsp:
         if self._breakpoints:
             pc = self._pc if self._pc is not None else self._read_pc(what)
             if pc in self._breakpoints:
-                self._resume(b"s")
-                try:
-                    stop = self._stop(self._read_stop(time.monotonic() + self.timeout))
-                except _TimedOut:
-                    raise RspTimeout(what, "stop reply of the step off the breakpoint", self.timeout,
-                                     "s") from None
-                if stop.reason != "signal-received" or stop.signal != "SIGTRAP":
+                stop = self._step_off(pc, what)
+                if stop is not None:
                     self._pending, self._running = stop, True
                     return
         self._resume(b"c")
+
+    def _step_off(self, pc: int, what: str) -> Stop | None:
+        """Single-step from the breakpoint at ``pc`` until the pc moves; the stop to report, if any.
+
+        A step can end where it began: QEMU reports the step done without executing the
+        instruction when it handled an interrupt request first (an APIC poll, with the
+        guest's timer ticking while the host is busy: accel/tcg/cpu-exec.c raises
+        EXCP_DEBUG "so that GDB doesn't miss the next instruction"), and a ``rep``
+        string instruction moves one iteration a step. Such a step is stepped again, up
+        to STEP_RETRIES times; it is never reported as a second hit of the breakpoint.
+        """
+        for attempt in range(STEP_RETRIES):
+            self._resume(b"s")
+            try:
+                stop = self._stop(self._read_stop(time.monotonic() + self.timeout))
+            except _TimedOut:
+                raise RspTimeout(what, "stop reply of the step off the breakpoint", self.timeout,
+                                 "s") from None
+            trap = stop.reason == "breakpoint-hit" or (stop.reason == "signal-received" and stop.signal == "SIGTRAP")
+            if trap and stop.address == pc:
+                if attempt == 0:
+                    self._note(f"-- the step off {pc:#x} did not move the pc: stepping again")
+                continue
+            if stop.reason != "signal-received" or stop.signal != "SIGTRAP":
+                return stop
+            return None
+        self._note(f"-- still at {pc:#x} after {STEP_RETRIES} steps: reported as a stop there")
+        return stop
 
     def wait_stop(self, timeout: float) -> Stop:
         """The next stop, waiting up to ``timeout`` seconds; on DebuggerTimeout the guest runs on."""
