@@ -28,6 +28,7 @@ from .analysis.observation import Observation, observe
 from .analysis.stages import match_stage
 from .config import Config, Inspect, to_yaml_dict
 from .domain import MODES, Accel, DebuggerKind, Mode, Note
+from .elf.vmlinux import Symbols, Vmlinux, upstream_version
 from .errors import LaunchError, PatchscopeError, UnsupportedError
 from .guest import initramfs
 from .kernel import xen
@@ -91,6 +92,28 @@ def prepare(config: Config, note: Note) -> Kernel:
 def prepare_xen(config: Config, note: Note) -> xen.Hypervisor:
     base = config.path.parent if config.path else None
     return xen.prepare_hypervisor(parse_ref(config.hypervisor, base=base), note)
+
+
+def not_applicable(config: Config, kernel: Kernel) -> str | None:
+    """Why ``config`` does not apply to ``kernel`` (its ``requires:``); None when it does."""
+    req = config.requires
+    if not req:
+        return None
+    vm: Vmlinux | None = None
+    if req.symbols or req.tables:
+        if kernel.vmlinux is None:
+            raise UnsupportedError(f"{config.path or config.name}: requires.symbols and requires.tables need the "
+                                   f"kernel's vmlinux, and {kernel.ref} has none; give path:<bzImage>,vmlinux=<file>")
+        symbols = Symbols.from_elf(kernel.symbols) if kernel.symbols is not None else None
+        vm = Vmlinux(kernel.vmlinux, symbols, kernel.release)
+
+    def has_symbol(name: str) -> bool:
+        return vm is not None and vm.symbols.address(name) is not None
+
+    def has_table(table: str) -> bool:
+        return vm is not None and vm.table_bounds(table) is not None
+
+    return req.why_not(upstream_version(kernel.release), has_symbol, has_table)
 
 
 @dataclass

@@ -47,6 +47,11 @@ Schema (every key is optional)::
       xen-pv:                # sites and stops given here are added to expect's
         console:
           contains: ["Booting kernel on Xen"]
+    requires:                # the kernels this config makes sense for; on any other its run is
+      kernel: ">= 6.1, < 6.12"   # "not applicable" (with the reason), never a failure. Bounds on the
+                             # kernel's upstream version, compared at the bound's precision
+      symbols: [apply_returns]   # the kernel defines these symbols
+      tables: [returns]      # the vmlinux carries these patch-site tables
     scenario:                # at a breakpoint, when conditions hold, do actions (framework/scenario/)
       max_stops: 1000        # at most this many stops at the rules' breakpoints (matched or not),
                              # 1..1000000; default 1000; then the breakpoints go and the run fails
@@ -130,6 +135,7 @@ from .model import (
     Expect,
     Inspect,
     QemuOptions,
+    Requires,
     SiteAssertion,
 )
 from .overrides import default_config, to_yaml_dict, with_overrides
@@ -150,6 +156,7 @@ __all__ = [
     "Mode",
     "Outcome",
     "QemuOptions",
+    "Requires",
     "SiteAssertion",
     "default_config",
     "load_config",

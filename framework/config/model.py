@@ -6,7 +6,7 @@ No YAML here; the schema reference is :mod:`framework.config`'s docstring.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -131,6 +131,46 @@ class SiteAssertion:
 
 
 @dataclass(frozen=True)
+class Requires:
+    """The ``requires:`` section: the kernels a config makes sense for; elsewhere its run is "not applicable"."""
+
+    kernel: tuple[tuple[str, tuple[int, ...]], ...] = ()    # (operator, version): every one must hold
+    symbols: tuple[str, ...] = ()                            # the kernel must define each of these
+    tables: tuple[str, ...] = ()                             # the vmlinux must carry each patch-site table
+
+    def __bool__(self) -> bool:
+        return bool(self.kernel or self.symbols or self.tables)
+
+    def describe_kernel(self) -> str:
+        return ", ".join(f"{op} {'.'.join(map(str, version))}" for op, version in self.kernel)
+
+    def why_not(self, version: tuple[int, ...], has_symbol: Callable[[str], bool],
+                has_table: Callable[[str], bool]) -> str | None:
+        """Why a kernel of ``version`` with these symbols and tables does not qualify; None when it does."""
+        for op, wanted in self.kernel:
+            if not _compare(version, op, wanted):
+                shown = ".".join(map(str, version))
+                return f"requires.kernel {self.describe_kernel()}: the kernel is {shown}"
+        missing = [name for name in self.symbols if not has_symbol(name)]
+        if missing:
+            return f"requires.symbols: the kernel has no {', '.join(missing)}"
+        absent = [table for table in self.tables if not has_table(table)]
+        if absent:
+            return f"requires.tables: the vmlinux has no {', '.join(absent)} table"
+        return None
+
+
+VERSION_OPERATORS = (">=", "<=", "==", "!=", ">", "<")
+
+
+def _compare(version: tuple[int, ...], op: str, wanted: tuple[int, ...]) -> bool:
+    """Compare on the wanted version's precision: 6.1.192 == 6.1, and 6.12.5 >= 6.12."""
+    have = tuple(version[:len(wanted)]) + (0,) * max(0, len(wanted) - len(version))
+    return {">=": have >= wanted, "<=": have <= wanted, "==": have == wanted, "!=": have != wanted,
+            ">": have > wanted, "<": have < wanted}[op]
+
+
+@dataclass(frozen=True)
 class Config:
     """One validated test config."""
 
@@ -151,6 +191,7 @@ class Config:
     expect_modes: Mapping[Mode, ExpectOverlay] = field(default_factory=dict, hash=False)   # expect.<mode>
     inspect: Inspect | None = None
     scenario: Scenario | None = None
+    requires: Requires = Requires()
     # Dotted key -> 1-based line ("expect.outcome", "cmdline[2]"); read-only by convention.
     # Not part of equality: the same settings laid out differently are the same config.
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, hash=False)

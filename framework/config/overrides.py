@@ -158,6 +158,10 @@ def to_yaml_dict(config: Config) -> dict[str, object]:
                         **({"trace": True} if config.inspect.trace else {})}}
            if config.inspect else {}),
         **({"scenario": _scenario_dict(config.scenario)} if config.scenario is not None else {}),
+        **({"requires": {k: v for k, v in (("kernel", config.requires.describe_kernel()),
+                                           ("symbols", list(config.requires.symbols)),
+                                           ("tables", list(config.requires.tables))) if v}}
+           if config.requires else {}),
     }
 
 

@@ -26,12 +26,14 @@ from .model import (
     DEFAULT_DOM0_MEMORY_MIB,
     DEFAULT_SILENCE,
     DEFAULT_TIMEOUT,
+    VERSION_OPERATORS,
     Config,
     ConsoleExpect,
     Expect,
     ExpectOverlay,
     Inspect,
     QemuOptions,
+    Requires,
     SiteAssertion,
 )
 
@@ -96,6 +98,26 @@ def _insns(ctx: yn.Ctx, node: yaml.Node, key: str) -> str:
     if not text.strip():
         raise ctx.fail(node, f"{key}: write [] for a site that holds only NOPs")
     return text
+
+
+def _symbol_name(text: str) -> str | None:
+    return None if re.fullmatch(scenario_parse.SYMBOL, text) else f"{yn.quote(text)} is not a kernel symbol name"
+
+
+_RANGE_ITEM = re.compile(r"\s*(>=|<=|==|!=|>|<)\s*(\d+(?:\.\d+){0,2})\s*")
+
+
+def _kernel_range(ctx: yn.Ctx, node: yaml.Node, key: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """Version bounds on the kernel's upstream release: ">= 6.1, < 6.12"."""
+    text = yn.scalar_text(ctx, node, key, "a version range such as '>= 6.1, < 6.12'")
+    out: list[tuple[str, tuple[int, ...]]] = []
+    for part in text.split(","):
+        m = _RANGE_ITEM.fullmatch(part)
+        if m is None:
+            raise ctx.fail(node, f"{key}: {yn.quote(part.strip())} is not a bound; write comparisons "
+                                 f"joined by commas, such as '>= 6.1, < 6.12' (operators: {', '.join(VERSION_OPERATORS)})")
+        out.append((m.group(1), tuple(int(x) for x in m.group(2).split("."))))
+    return tuple(out)
 
 
 _SITE_CHECKS = ("insns", "insns_regex", "state", "count")
@@ -257,6 +279,11 @@ SCHEMA = yn.Section({
         "trace": yn.flag,
     }),
     "scenario": scenario_parse.SCENARIO,
+    "requires": yn.Section({
+        "kernel": _kernel_range,
+        "symbols": yn.names("a kernel symbol or a list of them", _symbol_name),
+        "tables": yn.names("a table name or a list of them", _table_name),
+    }),
     "expect": yn.Section({**_EXPECT_KEYS, **{mode: yn.Section(_EXPECT_KEYS) for mode in MODES}}),
 })
 
@@ -269,6 +296,7 @@ def build_config(ctx: yn.Ctx, values: Mapping[str, object], name: str, path: Pat
     get = yn.get
     qemu = get(values, "qemu", cast(Mapping[str, object], {}))
     expect = get(values, "expect", cast(Mapping[str, object], {}))
+    requires = get(values, "requires", cast(Mapping[str, object], {}))
     console = get(expect, "console", cast(Mapping[str, object], {}))
     lines = ctx.lines
 
@@ -358,6 +386,8 @@ def build_config(ctx: yn.Ctx, values: Mapping[str, object], name: str, path: Pat
         expect_modes=overlays,
         inspect=inspect,
         scenario=scenario,
+        requires=Requires(kernel=get(requires, "kernel", ()), symbols=get(requires, "symbols", ()),
+                          tables=get(requires, "tables", ())),
         lines=dict(lines),
     )
 

@@ -311,6 +311,25 @@ def kernel_version(release: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
+_DISTRO_VERSION = re.compile(r"\b(?:Debian|Ubuntu)\s+(\d+)\.(\d+)\.(\d+)")
+
+
+def upstream_version(release: str) -> tuple[int, ...]:
+    """(6, 1, 192) from ``"6.1.0-56-amd64 (…) #1 SMP PREEMPT_DYNAMIC Debian 6.1.192-2 (…)"``.
+
+    A distribution's ABI name keeps the stable release at 0 ("6.1.0-56"); the package
+    version in the banner has it. Without one: the release's own numbers.
+    """
+    found = _DISTRO_VERSION.findall(release.partition("#")[2])    # after "#1 SMP …": not the compiler's
+    if found:
+        return tuple(int(x) for x in found[-1])
+    m = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", release)
+    if m is None:
+        raise ImageError(f"cannot tell the kernel version from the release {release!r}; "
+                         "give a release such as '6.1.0-56-amd64'")
+    return tuple(int(x) for x in m.groups() if x is not None)
+
+
 def layout_for(release: str) -> Layout:
     """The table layout of a kernel release (``"6.1.0-56-amd64 …"`` -> the 5.13-6.2 layout)."""
     version = kernel_version(release)

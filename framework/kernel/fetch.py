@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FetchError, ImageError, ToolMissingError
-from .refs import DebianRef
+from .refs import DebianRef, NewestRef, compare_debian_versions
 
 
 def cache_dir() -> Path:
@@ -121,6 +121,55 @@ def apt_download(ref: DebianRef, note: Callable[[str], None] | None = None) -> P
             dest = debs / got[0].name
             got[0].rename(dest)
             return dest
+
+
+def parse_policy(text: str) -> dict[str, str]:
+    """Package -> candidate version, from ``apt-cache policy PKG…`` output ("(none)" left out)."""
+    out: dict[str, str] = {}
+    package: str | None = None
+    for line in text.splitlines():
+        if line and not line[0].isspace() and line.rstrip().endswith(":"):
+            package = line.rstrip()[:-1]
+        elif package is not None and line.strip().startswith("Candidate:"):
+            version = line.split(":", 1)[1].strip()
+            if version and version != "(none)":
+                out[package] = version
+    return out
+
+
+def newest(candidates: Mapping[str, str]) -> tuple[str, str] | None:
+    """The (package, version) with the highest version; among equal versions the last name in ABI order."""
+    def abi(package: str) -> tuple[int, ...]:
+        return tuple(int(n) for n in re.findall(r"\d+", package))
+
+    best: tuple[str, str] | None = None
+    for package, version in sorted(candidates.items(), key=lambda kv: abi(kv[0])):
+        if best is None or compare_debian_versions(version, best[1]) >= 0:
+            best = (package, version)
+    return best
+
+
+def resolve_newest(ref: NewestRef, note: Callable[[str], None] | None = None) -> DebianRef:
+    """The exact package and version ``ref`` names today, asked of the host's apt sources."""
+    if shutil.which("apt-cache") is None:
+        raise ToolMissingError("apt-cache", "apt")
+    prefix = f"linux-image-{ref.line}"
+    cmd = ["apt-cache", "pkgnames", prefix]
+    proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
+    names = sorted(n for n in proc.stdout.split() if ref.matches(n))
+    found: dict[str, str] = {}
+    if names:
+        cmd = ["apt-cache", "policy", *names]
+        proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
+        found = parse_policy(proc.stdout)
+    best = newest(found)
+    if best is None:
+        raise FetchError(f"{ref.text}: the apt sources carry no {prefix}.*-{ref.flavour} package with a candidate "
+                         "version; check the line with 'apt-cache pkgnames " + prefix + "', and run 'apt-get update' "
+                         "(as root) if the package lists are empty", cmd, proc.stderr)
+    if note:
+        note(f"{ref.text} is {best[0]}={best[1]}")
+    return DebianRef(package=best[0], version=best[1], text=ref.text)
 
 
 def _deb_version(version: str) -> str:

@@ -41,10 +41,11 @@ from .fetch import (
     deb_file_version,
     locked,
     read_meta,
+    resolve_newest,
     safe_key,
     write_meta,
 )
-from .refs import DebianRef, KernelRef, PathRef
+from .refs import DebianRef, KernelRef, NewestRef, PathRef
 
 # Compressed payload magics (arch/x86/boot/compressed/Makefile's suffixes).
 _MAGICS: tuple[tuple[bytes, str], ...] = (
@@ -174,6 +175,8 @@ class Kernel:
 
 def prepare_kernel(ref: KernelRef, note: Note | None = None) -> Kernel:
     """Fetch (if needed) and prepare a kernel; cached, locked, atomic."""
+    if isinstance(ref, NewestRef):
+        return _prepare_debian(resolve_newest(ref, note), note)
     if isinstance(ref, DebianRef):
         return _prepare_debian(ref, note)
     return _prepare_path(ref, note)

@@ -5,7 +5,10 @@ A reference is one of
 - a recipe name from ``kernels/`` (``debian-6.1``): a YAML file that pins a
   Debian package and version;
 - ``debian:<package>[=<version>]``: any kernel package the host's apt sources carry;
-- ``path:<bzImage>[,vmlinux=<file>]``: a kernel you built yourself.
+- ``path:<bzImage>[,vmlinux=<file>]``: a kernel you built yourself;
+- ``debian-newest:<line>[/<flavour>]`` (``debian-newest:6.1``): the newest kernel
+  package of an upstream line that the apt sources carry, found anew on every run
+  (``resolve_newest`` in ``fetch``); results record the exact package and version.
 
 Parsing is pure apart from reading recipe files; nothing is fetched here.
 """
@@ -44,7 +47,26 @@ class PathRef:
     text: str
 
 
-KernelRef = DebianRef | PathRef
+@dataclass(frozen=True)
+class NewestRef:
+    """A floating reference: the newest ``linux-image-<line>…-<flavour>`` package in the apt sources."""
+
+    line: str          # "6.1", "6.12"
+    flavour: str       # "amd64", "cloud-amd64"
+    text: str
+
+    def matches(self, package: str) -> bool:
+        """Is ``package`` a kernel image of this line and flavour (not -dbg, -unsigned or a meta-package)?
+
+        Debian names them ``linux-image-6.1.0-57-amd64`` (bookworm's 6.1) and
+        ``linux-image-6.12.107+deb12-amd64`` (6.12).
+        """
+        line = re.escape(self.line)
+        pattern = rf"linux-image-{line}\.\d+(?:-\d+|\+deb\d+(?:u\d+)?)-{re.escape(self.flavour)}"
+        return re.fullmatch(pattern, package) is not None
+
+
+KernelRef = DebianRef | PathRef | NewestRef
 
 
 def recipes_dir() -> Path:
@@ -74,13 +96,73 @@ def parse_ref(text: str, directory: Path | None = None, base: Path | None = None
         return _parse_debian(text[len("debian:"):], text)
     if text.startswith("path:"):
         return _parse_path(text[len("path:"):], text, base)
+    if text.startswith("debian-newest:"):
+        return _parse_newest(text[len("debian-newest:"):], text)
     recipes = list_recipes(directory)
     if text in recipes:
         return load_recipe(recipes[text])
     known = ", ".join(sorted(recipes)) or "none found"
     raise KernelRefError(
         f"unknown kernel reference {text!r}: use a recipe name ({known}), "
-        "debian:<package>[=<version>] or path:<bzImage>[,vmlinux=<file>]")
+        "debian:<package>[=<version>], debian-newest:<line> or path:<bzImage>[,vmlinux=<file>]")
+
+
+def _parse_newest(spec: str, text: str) -> NewestRef:
+    line, _, flavour = spec.partition("/")
+    if re.fullmatch(r"\d+\.\d+", line) is None:
+        raise KernelRefError(f"{text!r}: {line!r} is not a kernel line; give major.minor, as in debian-newest:6.1")
+    flavour = flavour or "amd64"
+    if re.fullmatch(r"[a-z0-9]+(?:-[a-z0-9]+)*", flavour) is None:
+        raise KernelRefError(f"{text!r}: {flavour!r} is not a kernel flavour such as amd64 or cloud-amd64")
+    return NewestRef(line=line, flavour=flavour, text=text)
+
+
+def compare_debian_versions(a: str, b: str) -> int:
+    """-1, 0 or 1 as dpkg orders the versions ``a`` and ``b`` (epoch, upstream, revision; ~ sorts first)."""
+    def split(version: str) -> tuple[int, str, str]:
+        epoch, colon, rest = version.partition(":")
+        if not colon:
+            epoch, rest = "0", version
+        upstream, dash, revision = rest.rpartition("-")
+        if not dash:
+            upstream, revision = rest, "0"
+        return int(epoch or 0), upstream, revision
+
+    ea, ua, ra = split(a)
+    eb, ub, rb = split(b)
+    if ea != eb:
+        return -1 if ea < eb else 1
+    return _dpkg_compare(ua, ub) or _dpkg_compare(ra, rb)
+
+
+def _order(c: str) -> int:
+    if c == "~":
+        return -1
+    if c.isalpha():
+        return ord(c)
+    return ord(c) + 256
+
+
+def _dpkg_compare(a: str, b: str) -> int:
+    i = j = 0
+    while i < len(a) or j < len(b):
+        # the non-digit parts, character by character; the end of a part sorts after '~' only
+        while (i < len(a) and not a[i].isdigit()) or (j < len(b) and not b[j].isdigit()):
+            ca = _order(a[i]) if i < len(a) and not a[i].isdigit() else 0
+            cb = _order(b[j]) if j < len(b) and not b[j].isdigit() else 0
+            if ca != cb:
+                return -1 if ca < cb else 1
+            i += 1
+            j += 1
+        da = re.match(r"\d*", a[i:])
+        db = re.match(r"\d*", b[j:])
+        na = int(da.group() or 0) if da else 0
+        nb = int(db.group() or 0) if db else 0
+        if na != nb:
+            return -1 if na < nb else 1
+        i += len(da.group()) if da else 0
+        j += len(db.group()) if db else 0
+    return 0
 
 
 def _parse_debian(spec: str, text: str) -> DebianRef:

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..domain import Note
-from ..errors import ImageError
+from ..errors import ImageError, KernelRefError
 from .fetch import (
     apt_download,
     building,
@@ -30,7 +30,7 @@ from .fetch import (
     safe_key,
     write_meta,
 )
-from .refs import DebianRef, KernelRef
+from .refs import DebianRef, KernelRef, NewestRef
 
 _XEN_GZ = re.compile(r"^boot/xen-[0-9.]+-amd64\.gz$")
 BANNER = re.compile(r"\(XEN\) Xen version (\S+) \(([^)]*)\)")
@@ -86,6 +86,9 @@ def prepare_hypervisor(ref: KernelRef, note: Note | None = None) -> Hypervisor:
                            deb_file_version(deb))
                     got["xen.gz"].unlink()
         return _load(final, ref.text)
+    if isinstance(ref, NewestRef):
+        raise KernelRefError(f"{ref.text!r} names a kernel line; a hypervisor is a recipe (xen-4.17), "
+                             "debian:xen-hypervisor-<version>-amd64 or path:<xen image>")
     if not ref.bzimage.is_file():
         raise ImageError(f"{ref.bzimage}: no such Xen image (from {ref.text!r})")
     data = ref.bzimage.read_bytes()
