@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="rsp: speak the remote protocol to QEMU's gdbstub (default; a stop costs ~2.5x less than through GDB); "
                             "gdb: through GDB/MI")
 
+    from .matrix.commands import add_parsers
+    add_parsers(sub)
+
     kernels = sub.add_parser("kernels", help="list or fetch kernels")
     ksub = kernels.add_subparsers(dest="kcommand", required=True, metavar="ACTION")
     ksub.add_parser("list", help="recipes in kernels/ and kernels prepared in the cache")
@@ -166,6 +169,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         return cmd_sites(args)
     if args.command == "trace":
         return cmd_trace(args)
+    if args.command in ("matrix", "report"):
+        from .matrix import commands  # the matrix's modules load only when asked for
+        return commands.cmd_matrix(args) if args.command == "matrix" else commands.cmd_report(args)
     return cmd_kernels(args)
 
 
