@@ -60,7 +60,7 @@ _UNSAFE_SLUG = re.compile(r"[^A-Za-z0-9._-]+")
 # --------------------------------------------------------------------------- small helpers
 
 def slug(cell_id: str) -> str:
-    """A cell id as an HTML id and URL fragment: ``boot-native[debian-6.1-xen-pv]`` -> ``boot-native_debian-6.1-xen-pv``.
+    """A cell id as an HTML id and URL fragment: ``boot-native[debian-6.1-xen-pv]`` -> ``boot-native_debian-6.1-xen-pv``
 
     The grid cell is ``#cell-<slug>``, its reasons ``#reasons-<slug>`` (should two ids of one page
     give the same slug, the later gets ``-2``, ``-3``...).
@@ -244,6 +244,7 @@ td.cell .links a { margin-right: .6em; font-size: .92em; }
 .badge.mark-flaky { background: #fff8d0; color: #805f00; border-color: #b38600; }
 .badge.mark-fixed { background: #fff; color: #060; border-color: #060; }
 .badge.mark-gone { background: #fff; color: #555; border-style: dashed; }
+a.cell-link { padding: 0 .3em; border-radius: 3px; color: #111; }
 section#changes ul, section#failures ul { margin: .2em 0 .6em; }
 li.group { margin-bottom: .6em; }
 li.group .group-title { font-family: monospace; }
@@ -316,7 +317,8 @@ def _header(results: MatrixResults, entries: Sequence[_Entry]) -> Iterator[str]:
         yield (f'<div class="banner partial">partial: shards {",".join(map(str, results.shards))}{of} — '
                "the cells of the other shards are not run here</div>")
     yield '<dl class="meta">'
-    yield f"<dt>file</dt><dd><code>{_e(results.file)}</code> (digest <code>{_e(results.digest)}</code>)</dd>"
+    yield (f'<dt>file</dt><dd class="meta-file"><code>{_e(results.file)}</code> '
+           f"(digest <code>{_e(results.digest)}</code>)</dd>")
     known = {key for key, _ in META_KEYS} | {"interrupted"}
     rows = [(label, meta.get(key), key) for key, label in META_KEYS]
     rows += [(key, value, key) for key, value in meta.items() if key not in known]
