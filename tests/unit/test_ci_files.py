@@ -155,3 +155,17 @@ def test_scripts_are_valid_shell(path: Path) -> None:
         text = re.sub(r"\$\{\{[^}]*\}\}", "X", script)
         proc = subprocess.run(["bash", "-n"], input=text, capture_output=True, text=True, check=False)
         assert proc.returncode == 0, f"{path.name}:\n{script}\n{proc.stderr}"
+
+
+def test_the_shipped_nightly_is_a_valid_matrix_of_every_config_in_both_modes() -> None:
+    from framework.matrix.plan import expand
+    from framework.matrix.runner import check_kernel
+    from framework.matrix.spec import load_matrix
+
+    spec = load_matrix(REPO / MATRIX_FILE, check_kernel)
+    shipped = sorted(p.stem for p in (REPO / "configs").glob("*.yaml"))
+    assert sorted(c.path.stem for c in spec.configs if c.path is not None) == shipped
+    assert set(spec.modes) == {"native", "xen-pv"}
+    assert "debian-6.1" in spec.kernels and any(k.startswith("debian-newest:6.1") for k in spec.kernels)
+    plan = expand(spec)
+    assert len(plan.cells) == len(shipped) * len(spec.kernels) * 2
