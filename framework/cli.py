@@ -28,7 +28,7 @@ from .kernel.image import Kernel, cached_kernels, prepare_kernel
 from .kernel.refs import DebianRef, list_recipes, parse_ref
 from .kernel.xen import XEN_PACKAGE_PREFIX
 from .observe.inspection import load_tables
-from .pipeline import RunRequest, artifacts_dir, check, check_mode, execute
+from .pipeline import RunRequest, applicability, artifacts_dir, check, check_mode, execute
 from .report.artefacts import sites_file
 from .report.junit import junit
 from .report.result import RunResult
@@ -192,6 +192,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             check_mode(mode)
     results: list[RunResult] = []
     for cfg in configs:
+        why = applicability(cfg, note)
+        if why is not None:
+            print(f"N/A   {cfg.name}: not applicable to {cfg.kernel}: {why}", flush=True)
+            continue
         for mode in cfg.modes:
             req = RunRequest(cfg, check_mode(mode), artifacts_dir(args.artifacts, cfg.name, mode), accel=args.accel)
             result = execute(req, note)

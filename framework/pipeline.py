@@ -116,6 +116,13 @@ def not_applicable(config: Config, kernel: Kernel) -> str | None:
     return req.why_not(upstream_version(kernel.release), has_symbol, has_table)
 
 
+def applicability(config: Config, note: Note) -> str | None:
+    """Why ``config`` does not apply to its kernel (the kernel is prepared to tell); None when it does."""
+    if not config.requires:
+        return None
+    return not_applicable(config, prepare(config, note))
+
+
 @dataclass
 class _Facts:
     """What the stages learn about a run before it is judged (filled in as they go)."""

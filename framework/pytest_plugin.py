@@ -30,7 +30,7 @@ from .domain import ACCELS, MODES
 from .errors import ConfigError, KernelRefError, PatchscopeError
 from .kernel.fetch import safe_key
 from .kernel.refs import parse_ref
-from .pipeline import RunRequest, artifacts_dir, check_mode, execute
+from .pipeline import RunRequest, applicability, artifacts_dir, check_mode, execute
 from .report.result import RunResult
 from .report.text import reason_lines
 
@@ -110,6 +110,12 @@ class ConfigItem(pytest.Item):
             mode = check_mode(self.mode)
         except PatchscopeError as err:
             pytest.skip(str(err))
+        try:
+            why = applicability(self.cfg, lambda _msg: None)
+        except PatchscopeError:
+            why = None              # the run reports a kernel that cannot be prepared, with its artefacts
+        if why is not None:
+            pytest.skip(f"not applicable to {self.cfg.kernel}: {why}")
         root = Path(self.config.getoption("--patchscope-artifacts"))
         if self.kernel is not None:
             root = root / safe_key(self.kernel)
