@@ -15,7 +15,7 @@ from .results import MatrixResults
 
 CONSOLE_TAIL = 30
 # XML 1.0 has no place for most control characters; a console can hold any byte.
-_BAD_XML = {c: None for c in range(0x20) if c not in (0x09, 0x0A, 0x0D)}
+_BAD_XML = {c: None for c in (*range(0x20), 0xFFFE, 0xFFFF) if c not in (0x09, 0x0A, 0x0D)}
 
 
 def clean(text: str) -> str:

@@ -20,15 +20,11 @@ from pathlib import PurePosixPath
 
 from ..domain import Mode
 from ..errors import PatchscopeError
-from .spec import MatrixSpec
+from .spec import MatrixSpec, safe
 
 # Seconds a cell takes on this kind of machine when no baseline says (FINDINGS: native ~7 s, Xen ~12 s
 # for a plain boot; inspection and scenarios add more).
 ESTIMATE_S: Mapping[str, float] = {"native": 20.0, "xen-pv": 35.0}
-
-
-def safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._+-]", "_", text)
 
 
 @dataclass(frozen=True, order=True)
@@ -106,8 +102,8 @@ def shard_cells(cells: Sequence[Cell], shard: ShardSpec, durations: Mapping[str,
                 free: Collection[Cell] = ()) -> list[Cell]:
     """The cells of one shard, in the order they should run (longest first).
 
-    ``free`` cells (known not to run: a mode the config leaves out) weigh nothing,
-    and are dealt round the shards after the rest.
+    ``free`` cells (known not to run: a mode the config leaves out) weigh nothing;
+    each goes to the shard with the least work, and the fewest cells, at its turn.
     """
     loads = [0.0] * shard.count
     counts = [0] * shard.count

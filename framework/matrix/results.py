@@ -221,8 +221,8 @@ def merge(parts: Sequence[tuple[str, MatrixResults]]) -> MatrixResults:
                                    "give each shard's directory once")
             shards.append(shard)
         for c in part.cells:
-            if c.state == "not-run" and not c.attempts and c.cell.id in seen:
-                continue
+            if c.state == "not-run" and not c.attempts:
+                continue          # a placeholder (a cell of a shard not merged) holds nothing
             if c.cell.id in seen:
                 raise ResultsError(f"report merge: cell {c.cell.id} is in both {seen[c.cell.id]} and {src}; "
                                    "the parts overlap: merge distinct shards")
@@ -247,7 +247,7 @@ def merge(parts: Sequence[tuple[str, MatrixResults]]) -> MatrixResults:
 
 
 def _not_run(cell_id: str, reason: str) -> CellResult:
-    m = cell_id.rsplit("[", 1)
+    m = cell_id.split("[", 1)          # config names have no '['; kernel paths may
     config, rest = m[0], m[1].rstrip("]")
     for mode in MODES:
         if rest.endswith("-" + mode):

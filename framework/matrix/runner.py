@@ -157,7 +157,11 @@ class MatrixRun:
                     done[cell] = CellResult(cell, "error", f"Xen could not be prepared: {xen_errors[cfg.hypervisor]}")
                     continue
                 if why is None and cell.kernel in kernels:
-                    why = not_applicable(cfg, kernels[cell.kernel])
+                    try:
+                        why = not_applicable(cfg, kernels[cell.kernel])
+                    except PatchscopeError as err:
+                        done[cell] = CellResult(cell, "error", f"requires: cannot be checked: {err}")
+                        continue
                 if why is not None:
                     done[cell] = CellResult(cell, "not-applicable", why)
                     continue

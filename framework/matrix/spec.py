@@ -38,6 +38,11 @@ MAX_RETRIES = 5
 DEFAULT_CELL_TIMEOUT = 900.0
 
 
+def safe(text: str) -> str:
+    """A kernel reference as a directory name."""
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", text)
+
+
 @dataclass(frozen=True)
 class Exclude:
     config: str | None = None     # globs on the config's name, the kernel's name as written, the mode
@@ -127,6 +132,10 @@ def _kernels(ctx: yn.Ctx, node: yaml.Node | None, root: yaml.Node,
     for item_key, item, ref in found:
         if ref in out:
             raise ctx.fail(item, f"{item_key}: {yn.quote(ref)} is listed twice")
+        clash = next((other for other in out if safe(other) == safe(ref)), None)
+        if clash is not None:
+            raise ctx.fail(item, f"{item_key}: {yn.quote(ref)} and {yn.quote(clash)} would share the artefacts "
+                                 f"directory cells/{safe(ref)}; name one of them differently")
         why = check_kernel(ref, ctx.base_dir)
         if why is not None:
             raise ctx.fail(item, f"{item_key}: {why}")
@@ -142,7 +151,8 @@ def _configs(ctx: yn.Ctx, node: yaml.Node | None, root: yaml.Node) -> tuple[Conf
         raise ctx.fail(node, "configs is empty: give at least one glob of config files")
     by_name: dict[str, Config] = {}
     for item_key, item, pattern in found:
-        full = pattern if Path(pattern).is_absolute() else str(ctx.base_dir / pattern)
+        # the directory is a path, not a pattern: "ci [old]/" must not be read as a character class
+        full = pattern if Path(pattern).is_absolute() else str(Path(glob.escape(str(ctx.base_dir))) / pattern)
         paths = sorted(Path(p) for p in glob.glob(full) if re.search(r"\.ya?ml$", p))
         if not paths:
             raise ctx.fail(item, f"{item_key}: {yn.quote(pattern)} matches no .yaml file (relative to "

@@ -237,8 +237,6 @@ def test_check_kernel_is_asked_about_each_reference_relative_to_the_matrix_direc
     assert asked == [("path:good/bzImage", tmp_path / "ci"), ("path:missing/bzImage", tmp_path / "ci")]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: spec._configs globs base_dir unescaped; a directory name with [ ] "
-                                       "(or * ?) breaks every relative config glob")
 def test_globs_work_in_a_directory_whose_name_has_glob_characters(tmp_path: Path) -> None:
     ci = tmp_path / "ci [old]"
     (ci / "configs").mkdir(parents=True)
@@ -309,8 +307,6 @@ def test_cell_ids_are_pytest_style_and_where_is_a_safe_path() -> None:
     assert Cell("c", "path:/x/bzImage", "native").where == "cells/path__x_bzImage/c/native"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: plan.safe() is not injective: two path: kernels can share one "
-                                       "artefact directory, and nothing refuses them")
 def test_two_kernels_never_share_an_artefact_directory(tmp_path: Path) -> None:
     path = write_matrix(tmp_path, f"kernels: ['path:/b/v1/bzImage', 'path:/b/v1_bzImage']\nconfigs: {BOOT}\n")
     try:
@@ -602,8 +598,6 @@ def test_two_of_three_shards_stay_a_partial_merge(tmp_path: Path) -> None:
     assert merged.counts()["not-run"] == len(shard_part(plan, 2, 3).cells)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: merge's overlap check counts a merged part's not-run placeholders "
-                                       "as cells it holds when that part comes first")
 def test_a_partial_merge_takes_the_missing_shard_in_either_order(tmp_path: Path) -> None:
     plan = plan_of(tmp_path)
     partial = merge([("a", shard_part(plan, 1, 3)), ("b", shard_part(plan, 2, 3))])
@@ -798,8 +792,6 @@ def test_junit_strips_control_characters_of_a_console(tmp_path: Path) -> None:
     assert text.endswith("]0;titlelast line")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: junit.clean strips C0 controls but not U+FFFE/U+FFFF, which XML 1.0 "
-                                       "also forbids; console bytes EF BF BE make junit.xml unparseable")
 def test_junit_stays_parseable_with_noncharacters_in_a_console(tmp_path: Path) -> None:
     results, root, _ = junit_fixture(tmp_path, console=b"boot\n\xef\xbf\xbe\xef\xbf\xbf garbage\nend\n")
     write_junit(results, root, root / "junit.xml")
