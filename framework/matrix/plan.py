@@ -117,6 +117,11 @@ def shard_cells(cells: Sequence[Cell], shard: ShardSpec, durations: Mapping[str,
     return mine
 
 
+def fits(running_mib: Sequence[int], need_mib: int, available_mib: int, reserve_mib: int) -> bool:
+    """May a cell needing ``need_mib`` start beside cells using ``running_mib``? One cell always may."""
+    return not running_mib or sum(running_mib) + need_mib <= available_mib - reserve_mib
+
+
 def run_order(cells: Sequence[Cell], durations: Mapping[str, float] | None = None,
               free: Collection[Cell] = ()) -> list[Cell]:
     """Longest first, so the last cells to finish are short ones."""

@@ -37,7 +37,7 @@ from ..pipeline import not_applicable, prepare_xen
 from ..report.result import RunResult, load_result
 from ..vm.machine import DEFAULT_MEMORY_MIB
 from .junit import write_junit
-from .plan import Cell, Plan, ShardSpec, estimate, run_order, shard_cells
+from .plan import Cell, Plan, ShardSpec, estimate, fits, run_order, shard_cells
 from .results import Attempt, CellResult, KernelInfo, MatrixResults, cell_state, diff, marks
 
 # QEMU, patchscope and GDB beside each guest's own memory, in MiB (measured: ~150 MiB RSS for a TCG QEMU
@@ -228,10 +228,10 @@ class MatrixRun:
                         self._stop_cell(r, f"the matrix was stopped ({self._stop})")
             # start what fits
             while not self._stop and pending and len(running) < self.jobs:
-                used = sum(r.need for r in running)
+                used = [r.need for r in running]
                 pick = next((i for i, (cell, _) in enumerate(pending)
-                             if not running or used + need_mib(configs[cell.config], cell.mode)
-                             <= self.memory_mib - RESERVE_MIB), None)
+                             if fits(used, need_mib(configs[cell.config], cell.mode), self.memory_mib, RESERVE_MIB)),
+                            None)
                 if pick is None:
                     break
                 cell, attempt = pending.pop(pick)

@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+import pexpect
 import pytest
 from junitparser import JUnitXml
 
 from tests.browser import parse, render_page, require_chromium
-from tests.conftest import REPO, patchscope
+from tests.conftest import REPO, patchscope, spawn_patchscope
 
 pytestmark = pytest.mark.boot
 
@@ -271,3 +272,19 @@ def test_ctrl_c_stops_every_guest_and_keeps_what_finished(tmp_path: Path) -> Non
     assert finished and stopped and len(finished) + len(stopped) == 3
     assert all("stopped (SIGINT)" in c["reason"] for c in stopped)
     assert (out / "index.html").exists() and (out / "junit.xml").exists()
+
+
+def test_a_terminal_gets_one_live_status_line(tmp_path: Path) -> None:
+    cdir = tmp_path / "configs"
+    cdir.mkdir()
+    (cdir / "quick.yaml").write_text("name: quick\nmode: native\ninitramfs: none\ntimeout: 60\n"
+                                     "expect: {outcome: panics, crash: '^kernel panic: VFS'}\n")
+    matrix = tmp_path / "m.yaml"
+    matrix.write_text("kernels: [debian-6.1]\nmodes: [native]\nconfigs: ['configs/*.yaml']\n")
+    child = spawn_patchscope("matrix", str(matrix), "--artifacts", str(tmp_path / "out"), CI="")
+    child.expect(r"\[0/1\] 1 running \(quick\[debian-6.1-native\] \d+s\) · 0 failed · ~\d+ s left")
+    child.expect(r"\r\x1b\[Kpatchscope: PASS  quick\[debian-6.1-native\]")
+    child.expect("PASS  matrix m: 1 pass")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0

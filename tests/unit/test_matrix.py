@@ -817,3 +817,17 @@ def test_config_dataclass_is_what_expand_reads() -> None:
     assert len(plan.cells) == 8
     assert set(plan.not_in_modes) == {Cell("b", "k1", "native"), Cell("b", "k2", "native")}
     assert all("xen-pv" in why for why in plan.not_in_modes.values())
+
+
+def test_memory_decides_how_many_guests_start() -> None:
+    from framework.config import default_config
+    from framework.matrix.plan import fits
+    from framework.matrix.runner import OVERHEAD_MIB, RESERVE_MIB, need_mib
+
+    native, xen = need_mib(default_config(), "native"), need_mib(default_config(), "xen-pv")
+    assert (native, xen) == (512 + OVERHEAD_MIB, 1024 + OVERHEAD_MIB)
+    # 3 GiB available: two native guests fit, a Xen guest beside them does not.
+    assert fits([native], native, 3072, RESERVE_MIB)
+    assert not fits([native, native], xen, 3072, RESERVE_MIB)
+    # One cell always starts, even where it alone is over the budget: the run says so itself.
+    assert fits([], xen, 512, RESERVE_MIB)
