@@ -20,7 +20,7 @@ PACKAGE = REPO / "framework"
 PURE = ("framework.domain", "framework.errors", "framework.yamlnode", "framework.config", "framework.scenario",
         "framework.elf", "framework.analysis", "framework.verdict", "framework.report", "framework.guest.markers",
         "framework.matrix.spec", "framework.matrix.plan", "framework.matrix.results", "framework.matrix.junit",
-        "framework.matrix.html")
+        "framework.matrix.html", "framework.build.kconfig")
 EDGES = ("framework.vm", "framework.debugger", "framework.observe", "framework.kernel", "framework.guest.initramfs",
          "framework.pipeline", "framework.cli", "framework.pytest_plugin", "framework.matrix.runner",
          "framework.matrix.commands")
