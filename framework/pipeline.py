@@ -12,6 +12,7 @@ timeout, Ctrl-C), so a failed run can always be understood afterwards.
 from __future__ import annotations
 
 import datetime
+import functools
 import shlex
 import shutil
 import sys
@@ -94,6 +95,14 @@ def prepare_xen(config: Config, note: Note) -> xen.Hypervisor:
     return xen.prepare_hypervisor(parse_ref(config.hypervisor, base=base), note)
 
 
+@functools.lru_cache(maxsize=4)
+def _vmlinux_of(kernel: Kernel) -> Vmlinux:
+    """A kernel's vmlinux with its symbols, read once however many configs ask (a matrix asks per cell)."""
+    assert kernel.vmlinux is not None
+    symbols = Symbols.from_elf(kernel.symbols) if kernel.symbols is not None else None
+    return Vmlinux(kernel.vmlinux, symbols, kernel.release)
+
+
 def not_applicable(config: Config, kernel: Kernel) -> str | None:
     """Why ``config`` does not apply to ``kernel`` (its ``requires:``); None when it does."""
     req = config.requires
@@ -104,8 +113,7 @@ def not_applicable(config: Config, kernel: Kernel) -> str | None:
         if kernel.vmlinux is None:
             raise UnsupportedError(f"{config.path or config.name}: requires.symbols and requires.tables need the "
                                    f"kernel's vmlinux, and {kernel.ref} has none; give path:<bzImage>,vmlinux=<file>")
-        symbols = Symbols.from_elf(kernel.symbols) if kernel.symbols is not None else None
-        vm = Vmlinux(kernel.vmlinux, symbols, kernel.release)
+        vm = _vmlinux_of(kernel)
 
     def has_symbol(name: str) -> bool:
         return vm is not None and vm.symbols.address(name) is not None

@@ -21,7 +21,7 @@ from typing import Any
 from ..errors import PatchscopeError
 from ..kernel.fetch import resolve_newest
 from ..kernel.refs import DebianRef, NewestRef, parse_ref
-from .plan import expand, parse_shard, run_order, shard_cells
+from .plan import expand, parse_shard
 from .results import KIND, MatrixResults, ResultsError, diff, merge
 from .spec import MatrixSpec, load_matrix
 
@@ -74,7 +74,7 @@ def _results_dir(out: Path) -> None:
         if not out.is_dir():
             raise PatchscopeError(f"--artifacts {out}: not a directory")
         entries = list(out.iterdir())
-        ours = (out / "results.json").exists() and _is_ours(out / "results.json")
+        ours = _is_ours(out / "results.json")
         if entries and not ours and {p.name for p in entries} - {"cells", "logs"}:
             raise PatchscopeError(f"--artifacts {out}: holds files that are not a matrix's results; "
                                   "give an empty or new directory")
@@ -128,10 +128,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         for name, ref in resolved_refs(spec):
             print(f"{name} {ref}")
         return EXIT_PASS
-    durations = baseline.durations() if baseline is not None else None
-    free = plan.not_in_modes.keys()
-    cells = (shard_cells(plan.cells, shard, durations, free) if shard is not None
-             else run_order(plan.cells, durations, free))
+    cells = plan.order(shard, baseline.durations() if baseline is not None else None)
     if args.list:
         for cell in cells:
             print(cell.id)

@@ -49,6 +49,12 @@ class Plan:
     cells: tuple[Cell, ...]              # every cell of the matrix, excludes left out, in order
     not_in_modes: Mapping[Cell, str]     # cells whose config does not run in that mode: why
 
+    def order(self, shard: ShardSpec | None, durations: Mapping[str, float] | None) -> list[Cell]:
+        """The cells to run (all, or one shard's), longest first; cells no mode runs weigh nothing."""
+        free = self.not_in_modes.keys()
+        cells = shard_cells(self.cells, shard, durations, free) if shard is not None else list(self.cells)
+        return run_order(cells, durations, free)
+
     @property
     def digest(self) -> str:
         """Names the matrix: the same cells give the same digest, on any machine, in any shard."""

@@ -37,7 +37,7 @@ from ..pipeline import not_applicable, prepare_xen
 from ..report.result import RunResult, load_result
 from ..vm.machine import DEFAULT_MEMORY_MIB
 from .junit import write_junit
-from .plan import Cell, Plan, ShardSpec, estimate, fits, run_order, shard_cells
+from .plan import Cell, Plan, ShardSpec, estimate, fits
 from .results import Attempt, CellResult, KernelInfo, MatrixResults, cell_state, diff, marks
 
 # QEMU, patchscope and GDB beside each guest's own memory, in MiB (measured: ~150 MiB RSS for a TCG QEMU
@@ -108,7 +108,6 @@ class Outcome:
 
     results: MatrixResults
     interrupted: bool
-    directory: Path
 
 
 @dataclass
@@ -122,6 +121,8 @@ class MatrixRun:
     shard: ShardSpec | None = None
     baseline: MatrixResults | None = None
     memory_mib: int = field(default_factory=available_mib)
+    hypervisors: list[xen.Hypervisor] = field(default_factory=list)     # prepared for the xen-pv cells
+    refs: dict[str, str] = field(default_factory=dict)     # kernel name -> what each cell is given (fetch_ref)
 
     # state
     _stop: str | None = None
@@ -134,11 +135,7 @@ class MatrixRun:
         started = time.monotonic()
         spec = self.plan.spec
         durations = self.baseline.durations() if self.baseline is not None else None
-        cells = list(self.plan.cells)
-        free = self.plan.not_in_modes.keys()
-        if self.shard is not None:
-            cells = shard_cells(cells, self.shard, durations, free)
-        cells = run_order(cells, durations, free)
+        cells = self.plan.order(self.shard, durations)
         configs = {c.name: c for c in spec.configs}
         previous = {s: signal.signal(s, self._signal) for s in (signal.SIGINT, signal.SIGTERM)}
         done: dict[Cell, CellResult] = {}
@@ -166,13 +163,13 @@ class MatrixRun:
                     done[cell] = CellResult(cell, "not-applicable", why)
                     continue
                 pending.append((cell, 1))
-            self._loop(pending, done, configs, kernels, durations, len(cells))
+            self._loop(pending, done, configs, durations, len(cells))
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
         results = self._results(done, infos, started_wall, started)
         write_outputs(self.out, results, self.baseline)
-        return Outcome(results, self._stop is not None, self.out)
+        return Outcome(results, self._stop is not None)
 
     # kernels -----------------------------------------------------------------------------------
     def _prepare_kernels(self, names: set[str]) -> tuple[dict[str, Kernel], list[KernelInfo], dict[str, str]]:
@@ -191,27 +188,27 @@ class MatrixRun:
                 self.progress(f"kernel {name}: {err}")
                 continue
             kernels[name] = kernel
-            infos.append(KernelInfo(name, fetch_ref(name, kernel, base), kernel.package, kernel.version,
-                                    kernel.release, kernel.sha256))
+            self.refs[name] = fetch_ref(name, kernel, base)
+            infos.append(KernelInfo(name, self.refs[name], kernel.package, kernel.version, kernel.release,
+                                    kernel.sha256))
         return kernels, infos, errors
 
     def _prepare_xen(self, configs: list[Config]) -> dict[str, str]:
         errors: dict[str, str] = {}
         seen: set[str] = set()
-        self._xen: list[xen.Hypervisor] = []
         for cfg in configs:
             if cfg.hypervisor in seen or self._stop:
                 continue
             seen.add(cfg.hypervisor)
             try:
-                self._xen.append(prepare_xen(cfg, self.note))
+                self.hypervisors.append(prepare_xen(cfg, self.note))
             except PatchscopeError as err:
                 errors[cfg.hypervisor] = str(err)
         return errors
 
     # the loop ----------------------------------------------------------------------------------
     def _loop(self, pending: list[tuple[Cell, int]], done: dict[Cell, CellResult], configs: Mapping[str, Config],
-              kernels: Mapping[str, Kernel], durations: Mapping[str, float] | None, total: int) -> None:
+              durations: Mapping[str, float] | None, total: int) -> None:
         running: list[Running] = []
         history: dict[Cell, list[Attempt]] = {}
         seen_s: dict[str, list[float]] = {}
@@ -235,7 +232,7 @@ class MatrixRun:
                 if pick is None:
                     break
                 cell, attempt = pending.pop(pick)
-                running.append(self._start(cell, attempt, configs[cell.config], kernels[cell.kernel]))
+                running.append(self._start(cell, attempt, configs[cell.config]))
             # reap
             now = time.monotonic()
             for r in list(running):
@@ -285,16 +282,14 @@ class MatrixRun:
         eta = left / max(1, min(self.jobs, len(pending) + len(running)))
         failed = sum(c.state in ("fail", "error") for c in done.values())
         names = ", ".join(f"{r.cell.id} {now - r.started:.0f}s" for r in running)
-        return (f"[{len(done)}/{total}] {len(running)} running ({names}) · {failed} failed · "
-                f"~{eta / 60:.0f} min left" if eta >= 90 else
-                f"[{len(done)}/{total}] {len(running)} running ({names}) · {failed} failed · ~{eta:.0f} s left")
+        left_text = f"~{eta / 60:.0f} min left" if eta >= 90 else f"~{eta:.0f} s left"
+        return f"[{len(done)}/{total}] {len(running)} running ({names}) · {failed} failed · {left_text}"
 
-    def _start(self, cell: Cell, attempt: int, cfg: Config, kernel: Kernel) -> Running:
-        base = self.plan.spec.path.parent
+    def _start(self, cell: Cell, attempt: int, cfg: Config) -> Running:
         where = self.out / cell.where
         log = self.out / "logs" / f"{cell.where.replace('/', '__')}.attempt-{attempt}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        argv = [sys.executable, "-m", "framework.cli", "run", str(cfg.path), "--kernel", fetch_ref(cell.kernel, kernel, base),
+        argv = [sys.executable, "-m", "framework.cli", "run", str(cfg.path), "--kernel", self.refs[cell.kernel],
                 "--mode", cell.mode, "--artifacts", str(where.parent.parent), "-q"]
         self.progress(f"START {cell.id}" + (f" (attempt {attempt})" if attempt > 1 else ""))
         with open(log, "wb") as handle:
@@ -310,12 +305,10 @@ class MatrixRun:
             pass
 
     def _kill_cell(self, r: Running) -> None:
-        for pid_file in [self.out / r.cell.where / "qemu.pid"]:
-            try:
-                pid = int(pid_file.read_text().strip())
-                os.kill(pid, signal.SIGKILL)
-            except (OSError, ValueError):
-                pass
+        try:                                           # QEMU leads its own session: kill it by its pid
+            os.kill(int((self.out / r.cell.where / "qemu.pid").read_text().strip()), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
         try:
             os.killpg(r.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -363,7 +356,7 @@ class MatrixRun:
             "host": {"name": platform.node(), "kernel": platform.release(), "cpus": os.cpu_count(),
                      "memory_mib": self.memory_mib, "python": platform.python_version()},
             "qemu": tool_version(["qemu-system-x86_64", "--version"]),
-            "xen": [h.identity() for h in getattr(self, "_xen", [])],
+            "xen": [h.identity() for h in self.hypervisors],
             "retries": self.plan.spec.retries, "timeout_s": self.plan.spec.timeout,
         }
         if self.baseline is not None:

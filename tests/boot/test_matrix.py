@@ -24,7 +24,7 @@ import pytest
 from junitparser import JUnitXml
 
 from tests.browser import parse, render_page, require_chromium
-from tests.conftest import REPO, patchscope, spawn_patchscope
+from tests.conftest import REPO, patchscope, spawn_patchscope, write_config
 
 pytestmark = pytest.mark.boot
 
@@ -175,6 +175,20 @@ def test_a_baseline_marks_the_cell_made_to_fail(nightly: tuple[Path, Path], tmp_
     assert "panic-no-initramfs[debian-6.1-native]" not in diff.stdout.split("gone")[0]   # unchanged
 
 
+PANICS = "initramfs: none\ntimeout: 60\nexpect: {outcome: panics, crash: '^kernel panic: VFS'}\n"
+
+
+def native_matrix(directory: Path, configs: dict[str, str], extra: str = "") -> Path:
+    """A matrix of the default kernel, natively, over configs (name -> body) written into directory/configs."""
+    cdir = directory / "configs"
+    cdir.mkdir()
+    for name, body in configs.items():
+        write_config(cdir, name, body)
+    matrix = directory / "m.yaml"
+    matrix.write_text("kernels: [debian-6.1]\nmodes: [native]\nconfigs: ['configs/*.yaml']\n" + extra)
+    return matrix
+
+
 FAIL_FIRST = """#!/bin/sh
 # QEMU that fails a cell's first attempt (the matrix sets PATCHSCOPE_MATRIX_ATTEMPT), then is QEMU.
 if [ "$PATCHSCOPE_MATRIX_ATTEMPT" = 1 ] && [ "$1" != --version ]; then
@@ -186,12 +200,7 @@ exec {qemu} "$@"
 
 
 def test_a_cell_that_fails_once_then_passes_is_flaky(tmp_path: Path) -> None:
-    cdir = tmp_path / "configs"
-    cdir.mkdir()
-    (cdir / "flaky.yaml").write_text("name: flaky\nmode: native\ninitramfs: none\ntimeout: 60\n"
-                                     "expect: {outcome: panics, crash: '^kernel panic: VFS'}\n")
-    matrix = tmp_path / "m.yaml"
-    matrix.write_text("kernels: [debian-6.1]\nmodes: [native]\nconfigs: ['configs/*.yaml']\nretries: 1\n")
+    matrix = native_matrix(tmp_path, {"flaky": PANICS}, "retries: 1\n")
     bindir = tmp_path / "bin"
     bindir.mkdir()
     qemu = shutil.which("qemu-system-x86_64")
@@ -229,15 +238,8 @@ def qemu_of(directory: Path) -> list[int]:
 
 
 def test_ctrl_c_stops_every_guest_and_keeps_what_finished(tmp_path: Path) -> None:
-    cdir = tmp_path / "configs"
-    cdir.mkdir()
-    (cdir / "quick.yaml").write_text("name: quick\nmode: native\ninitramfs: none\ntimeout: 60\n"
-                                     "expect: {outcome: panics, crash: '^kernel panic: VFS'}\n")
-    for name in ("slow-1", "slow-2"):          # hang until stopped: a long timeout, no panic expected
-        (cdir / f"{name}.yaml").write_text(f"name: {name}\nmode: native\ninit_commands: ['sleep 600']\n"
-                                           "timeout: 600\nsilence: 600\n")
-    matrix = tmp_path / "m.yaml"
-    matrix.write_text("kernels: [debian-6.1]\nmodes: [native]\nconfigs: ['configs/*.yaml']\n")
+    slow = "init_commands: ['sleep 600']\ntimeout: 600\nsilence: 600\n"     # runs until stopped
+    matrix = native_matrix(tmp_path, {"quick": PANICS, "slow-1": slow, "slow-2": slow})
     out = tmp_path / "out"
     log = tmp_path / "matrix.log"
     with open(log, "w") as handle:
@@ -275,12 +277,7 @@ def test_ctrl_c_stops_every_guest_and_keeps_what_finished(tmp_path: Path) -> Non
 
 
 def test_a_terminal_gets_one_live_status_line(tmp_path: Path) -> None:
-    cdir = tmp_path / "configs"
-    cdir.mkdir()
-    (cdir / "quick.yaml").write_text("name: quick\nmode: native\ninitramfs: none\ntimeout: 60\n"
-                                     "expect: {outcome: panics, crash: '^kernel panic: VFS'}\n")
-    matrix = tmp_path / "m.yaml"
-    matrix.write_text("kernels: [debian-6.1]\nmodes: [native]\nconfigs: ['configs/*.yaml']\n")
+    matrix = native_matrix(tmp_path, {"quick": PANICS})
     child = spawn_patchscope("matrix", str(matrix), "--artifacts", str(tmp_path / "out"), CI="")
     child.expect(r"\[0/1\] 1 running \(quick\[debian-6.1-native\] \d+s\) · 0 failed · ~\d+ s left")
     child.expect(r"\r\x1b\[Kpatchscope: PASS  quick\[debian-6.1-native\]")
