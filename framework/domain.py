@@ -30,8 +30,14 @@ ObservedOutcome = Literal["boots", "panics", "hangs", "unknown"]
 
 VerdictName = Literal["pass", "fail", "error"]
 
-# The patch-site tables, named as the kernel's mechanisms are.
-TABLES = ("paravirt", "alternatives", "retpolines", "returns", "smp_locks", "jump_labels", "static_calls", "ftrace")
+# The patch-site tables, named as the kernel's mechanisms are (in the order
+# alternative_instructions() applies them, then the ones patched elsewhere):
+# call_sites are the calls callthunks_patch_builtin_calls() redirects to call
+# depth tracking thunks (6.2+), ibt_endbr_seal the ENDBR64s apply_seal_endbr()
+# poisons (6.2+; apply_ibt_endbr() before), runtime_consts the immediates
+# runtime_const_init() fills in (6.11+, the runtime_ptr_*/runtime_shift_* sections).
+TABLES = ("paravirt", "alternatives", "retpolines", "returns", "call_sites", "ibt_endbr_seal", "smp_locks",
+          "jump_labels", "static_calls", "ftrace", "runtime_consts")
 
 # A site's state in a capture.
 SiteStateName = Literal["unchanged", "patched", "freed", "unread"]

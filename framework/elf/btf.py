@@ -266,3 +266,53 @@ def _leaf(btf: Btf, type_id: int, bits: int, name: str, out: dict[int, str], dep
         step = btf.size(elem) * 8
         for k in range(btf.array_len(type_id)):
             _leaf(btf, elem, bits + k * step, f"{name}[{k}]", out, depth + 1)
+
+
+@dataclass(frozen=True)
+class Field:
+    """One member of a struct as laid out in memory: byte offset and size (bitfields: the bits in ``bits``)."""
+
+    name: str
+    offset: int          # bytes from the start of the struct (a bitfield: of the unit holding its first bit)
+    size: int            # bytes; a bitfield: 0
+    bits: tuple[int, int] | None = None    # a bitfield: (bit offset in the struct, width)
+
+
+@dataclass(frozen=True)
+class StructLayout:
+    """A struct's size and its members, anonymous unions and structs flattened into their parent."""
+
+    name: str
+    size: int
+    fields: tuple[Field, ...]
+
+    def field(self, name: str) -> Field | None:
+        return next((f for f in self.fields if f.name == name), None)
+
+
+def struct_layout(btf: Btf, name: str) -> StructLayout | None:
+    """``struct name`` from BTF (sizes and byte offsets of its members); None when BTF has no such struct.
+
+    Members of anonymous unions and structs are listed as the parent's, as C
+    lets code name them (``alt_instr.ft_flags`` and ``alt_instr.cpuid`` in 6.3+).
+    """
+    type_id = btf.find(name, KIND_STRUCT)
+    if type_id is None or not btf.vlen(type_id):
+        return None
+    out: list[Field] = []
+    _flatten(btf, type_id, 0, out, 0)
+    return StructLayout(name, btf.size(type_id), tuple(out))
+
+
+def _flatten(btf: Btf, struct_id: int, base_bits: int, out: list[Field], depth: int) -> None:
+    if depth > 8:
+        raise ImageError(f"{btf.where}: struct {btf.name(struct_id)} nests anonymous members deeper than 8 levels")
+    for m in btf.members(struct_id):
+        bits = base_bits + m.bit_offset
+        type_id = btf.resolve(m.type_id)
+        if not m.name and btf.kind(type_id) in (KIND_STRUCT, KIND_UNION):
+            _flatten(btf, type_id, bits, out, depth + 1)
+        elif m.bitfield_size:
+            out.append(Field(m.name, bits // 8, 0, (bits, m.bitfield_size)))
+        else:
+            out.append(Field(m.name, bits // 8, btf.size(type_id)))

@@ -53,12 +53,48 @@ ftrace.c``) — in ``.init.data`` between ``__start_mcount_loc`` and
 __fentry__`` (or NOP5) at function entry; zero entries are skipped, as
 ``ftrace_process_locs()`` does.
 
+``.call_sites`` (``arch/x86/kernel/callthunks.c``, 6.2+) — ``s32`` each, site =
+``&entry + entry``: every direct ``call`` that ``callthunks_patch_builtin_calls()``
+redirects to the callee's call-depth accounting thunk, which it only does when
+``X86_FEATURE_CALL_DEPTH`` is set (``retbleed=stuff``); 5 bytes.
+
+``.ibt_endbr_seal`` (objtool ``--ibt``, ``arch/x86/kernel/alternative.c``) —
+``s32`` each, site = ``&entry + entry``: the ``endbr64`` (``f3 0f 1e fa``) of a
+function whose address is never taken. ``apply_seal_endbr()`` (6.2+;
+``apply_ibt_endbr()`` before) overwrites each with the 4-byte ``osp nopl
+(%rax)`` (``66 0f 1f 00``, ``gen_endbr_poison()``); in 6.12 on every CPU, IBT or not.
+
+``runtime_ptr_<sym>`` / ``runtime_shift_<sym>`` (``arch/x86/include/asm/
+runtime-const.h``, 6.11+) — one section per constant, ``s32`` each, site =
+``&entry + entry``: the ``imm64`` of a ``mov $0x0123456789abcdef,%reg`` (8
+bytes) or the ``imm8`` of a ``shr $12,%reg`` (1 byte) that ``runtime_const_init()``
+fills with the value of ``sym`` (``dentry_hashtable``, ``d_hash_shift`` in
+``dcache_init*()``, ``USER_PTR_MAX`` right after ``alternative_instructions()``).
+Table ``runtime_consts``; a site's ``key`` is the address of ``sym``.
+
+From 6.8 there is no ``.parainstructions``: a pv call is an ``alt_instr`` with
+``ALT_FLAG_DIRECT_CALL`` (``flags`` bit 1, ``ft_flags`` bit 17) on
+``X86_FEATURE_ALWAYS`` whose original instruction is ``call *pv_ops+8*slot(%rip)``
+(``ff 15 disp32``), the compiler's indirect call; ``alt_replace_call()`` turns
+it into ``call <the op>`` (NOPs for ``nop_func``). The ``paravirt`` table of such a
+kernel is those entries (``index`` = the ``.altinstructions`` index, ``flags`` =
+``ft_flags``, ``feature`` = ``X86_FEATURE_ALWAYS``), named by slot like the 6.1
+table; they stay in ``alternatives`` too (with no ``op``), since that is what
+the kernel patches them from.
+
+Struct sizes and member offsets are taken from the kernel's own BTF when it
+has one (``struct alt_instr``, ``paravirt_patch_site``, ``jump_entry``,
+``static_call_site``); the version-keyed :data:`LAYOUTS` are the fallback for a
+kernel without ``.BTF``. Either way a section whose size is not a multiple of
+the entry size is an error.
+
 The tables are read with :func:`struct.iter_unpack` on the section bytes (a
 memory map of the file); pyelftools only reads the section headers.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import mmap
 import re
 import struct
@@ -77,7 +113,7 @@ from elftools.elf.elffile import ELFFile
 from ..domain import TABLES
 from ..errors import ImageError, UnsupportedError
 from . import btf as btf_mod
-from .cpufeatures import format_feature
+from .cpufeatures import FeatureNames, kernel_feature_names, table_feature_names
 
 # Where each table lives: an ELF section, or (for tables inside another section) a symbol pair.
 SECTIONS = {
@@ -89,7 +125,12 @@ SECTIONS = {
     "jump_labels": "__jump_table",
     "static_calls": ".static_call_sites",
     "ftrace": "__mcount_loc",
+    "call_sites": ".call_sites",
+    "ibt_endbr_seal": ".ibt_endbr_seal",
+    "runtime_consts": "runtime_ptr_*/runtime_shift_*",
 }
+# runtime-const.h: one section per constant, named after it; the site's length by kind.
+RUNTIME_CONST_KINDS = {"runtime_ptr_": 8, "runtime_shift_": 1}
 BOUNDS = {
     "jump_labels": ("__start___jump_table", "__stop___jump_table"),
     "static_calls": ("__start_static_call_sites", "__stop_static_call_sites"),
@@ -104,6 +145,9 @@ _STB_LOCAL = 0
 _U64 = (1 << 64) - 1
 _NOP2 = b"\x66\x90"
 _NOP5 = b"\x0f\x1f\x44\x00\x00"
+_NO_BUG_WORDS = 1 << 20      # FeatureNames without names: every number printed as X86_FEATURE_(w*32+b)
+_ENDBR64 = b"\xf3\x0f\x1e\xfa"
+_ENDBR_POISON = b"\x66\x0f\x1f\x00"      # gen_endbr_poison(): osp nopl (%rax)
 
 
 def _open_elf(path: Path, stream: BinaryIO) -> ELFFile:
@@ -236,6 +280,21 @@ class Symbols:
     def address(self, name: str) -> int | None:
         return self._by_name.get(name)
 
+    def extent(self, name: str) -> int | None:
+        """Bytes ``name`` covers: its size, or (unsized, as kallsyms gives them) up to the next symbol."""
+        addr = self._by_name.get(name)
+        if addr is None:
+            return None
+        addrs, ends, _ = self._index
+        i = bisect_right(addrs, addr) - 1
+        if i < 0 or addrs[i] != addr:
+            return None
+        col = self._places
+        sized = [col.sizes[k] for k, n in enumerate(col.names) if n == name and col.values[k] == addr and col.sizes[k]]
+        if sized:
+            return sized[0]
+        return (addrs[i + 1] if i + 1 < len(addrs) else ends[i]) - addr
+
     def with_prefix(self, prefix: str) -> list[tuple[str, int]]:
         """(name, address) of every symbol whose name starts with ``prefix``, by address."""
         return sorted(((n, a) for n, a in self._by_name.items() if n.startswith(prefix)), key=lambda x: x[1])
@@ -290,13 +349,15 @@ class Layout:
     static_call_entry: int = 8     # struct static_call_site
     mcount_entry: int = 8          # __mcount_loc: u64
     pv_format: str = "<QBB6x"      # instr, type, len
+    alt_direct_call: int | None = None   # ALT_FLAG_DIRECT_CALL in the feature field (6.8+)
+    source: str = "by version"     # or "from BTF"
 
 
 LAYOUTS = (
     Layout("5.2-5.12", (5, 2), (5, 12), 16, 13, "<iiHBBB", 0x8000, 0x7FFF),
     Layout("5.13-6.2", (5, 13), (6, 2), 16, 12, "<iiHBB", 0x8000, 0x7FFF),
     Layout("6.3-6.7", (6, 3), (6, 7), 16, 14, "<iiIBB", 1 << 16, 0xFFFF),
-    Layout("6.8+", (6, 8), None, None, 14, "<iiIBB", 1 << 16, 0xFFFF),
+    Layout("6.8+", (6, 8), None, None, 14, "<iiIBB", 1 << 16, 0xFFFF, alt_direct_call=1 << 17),
 )
 
 _VERSION = re.compile(r"(?:^|\s)(\d+)\.(\d+)")
@@ -337,6 +398,77 @@ def layout_for(release: str) -> Layout:
         if layout.first <= version and (layout.last is None or version <= layout.last):
             return layout
     raise UnsupportedError(f"kernel {version[0]}.{version[1]}: patch-site layouts are known from 5.2 on only")
+
+
+_CODES = {1: "B", 2: "H", 4: "I", 8: "Q"}
+
+
+def _format(layout: btf_mod.StructLayout, members: Sequence[tuple[str, int, bool]]) -> str:
+    """A struct format reading ``members`` (name, size, signed) at their BTF offsets, padded to the struct's size."""
+    out, at = "<", 0
+    for name, size, signed in members:
+        f = layout.field(name)
+        if f is None or f.size != size or f.offset < at:
+            shown = "missing" if f is None else f"{f.size} bytes at offset {f.offset}"
+            raise ImageError(f"BTF struct {layout.name}: member {name} is {shown}; this reader knows it as "
+                             f"{size} bytes, in order: a layout it does not know is an error, not a guess")
+        out += "x" * (f.offset - at) + (_CODES[size].lower() if signed else _CODES[size])
+        at = f.offset + size
+    if at > layout.size:
+        raise ImageError(f"BTF struct {layout.name}: {layout.size} bytes, but its members end at {at}")
+    return out + "x" * (layout.size - at)
+
+
+def layout_from_btf(btf: btf_mod.Btf, base: Layout) -> tuple[Layout, list[str]]:
+    """``base`` with every entry the kernel's BTF describes taken from it; notes on what came from where.
+
+    ``struct alt_instr``: ``instr_offset``, ``repl_offset``, then ``ft_flags`` (u32,
+    6.3+: feature in bits 0-15, ALT_FLAG_NOT at bit 16) or ``cpuid`` (u16: ALT_NOT at
+    bit 15), ``instrlen``, ``replacementlen``. ``struct paravirt_patch_site``:
+    ``instr`` (u64), ``type``, ``len``. ``struct jump_entry`` and ``struct
+    static_call_site`` must be the relative layouts this reader decodes.
+    """
+    changes: dict[str, Any] = {}
+    found: list[str] = []
+    missing: list[str] = []
+    alt = btf_mod.struct_layout(btf, "alt_instr")
+    if alt is None:
+        missing.append("alt_instr")
+    else:
+        ft = alt.field("ft_flags")
+        if ft is not None and ft.size == 4:
+            feature, changes["alt_not"], changes["alt_feature_mask"] = ("ft_flags", 4, False), 1 << 16, 0xFFFF
+        else:
+            feature, changes["alt_not"], changes["alt_feature_mask"] = ("cpuid", 2, False), 0x8000, 0x7FFF
+        members = [("instr_offset", 4, True), ("repl_offset", 4, True), feature,
+                   ("instrlen", 1, False), ("replacementlen", 1, False)]
+        changes["alt_format"] = _format(alt, members)
+        changes["alt_entry"] = alt.size
+        found.append(f"alt_instr {alt.size} B")
+    pv = btf_mod.struct_layout(btf, "paravirt_patch_site")
+    if pv is not None:
+        changes["pv_format"] = _format(pv, [("instr", 8, False), ("type", 1, False), ("len", 1, False)])
+        changes["pv_entry"] = pv.size
+        found.append(f"paravirt_patch_site {pv.size} B")
+    for name, key, members in (
+            ("jump_entry", "jump_entry", [("code", 4, True), ("target", 4, True), ("key", 8, True)]),
+            ("static_call_site", "static_call_entry", [("addr", 4, True), ("key", 4, True)])):
+        got = btf_mod.struct_layout(btf, name)
+        if got is None:
+            missing.append(name)
+            continue
+        fmt = _format(got, members)
+        if fmt.rstrip("x") != "<" + "".join(_CODES[size].lower() for _, size, _ in members):
+            raise ImageError(f"BTF struct {name}: its members are not packed from offset 0 ({fmt}); this reader "
+                             "decodes only that layout")
+        changes[key] = got.size
+        found.append(f"{name} {got.size} B")
+    notes = [f"layouts: from BTF: struct {', struct '.join(found)}"] if found else []
+    if missing:
+        notes.append(f"layouts: BTF has no struct {', '.join(missing)}; the {base.name} layout by version for it")
+    if not found:
+        return base, notes
+    return dataclasses.replace(base, source="from BTF", **changes), notes
 
 
 # --------------------------------------------------------------------------------------------------
@@ -513,10 +645,84 @@ class Vmlinux:
                 self._note("release: no 'Linux version' banner in the ELF and none given; assuming 6.1 layouts")
         self.release = release
         self.version = kernel_version(release)
-        self.layout = layout_for(release)
-        self._features = "6.1" if self.version == (6, 1) else None
+        self.version_layout = layout_for(release)
         self._cache: dict[str, list[Site]] = {}
         self._pv_names: dict[int, str] | None = None
+
+    @cached_property
+    def layout(self) -> Layout:
+        """The table layouts: from the kernel's BTF where it has one, else by version (:data:`LAYOUTS`)."""
+        if self.btf is None:
+            self._note(f"layouts: no .BTF; the {self.version_layout.name} layout by version")
+            return self.version_layout
+        layout, notes = layout_from_btf(self.btf, self.version_layout)
+        for text in notes:
+            self._note(text)
+        return layout
+
+    @cached_property
+    def features(self) -> FeatureNames:
+        """CPU feature names: from the kernel's ``x86_cap_flags[]``/``x86_bug_flags[]``, else the 6.1 table
+        for a 6.1 kernel, else none (numbers only)."""
+        got = self._kernel_features()
+        if got is not None:
+            return got
+        if self.version == (6, 1):
+            return table_feature_names("6.1")
+        return FeatureNames(_NO_BUG_WORDS, {}, "none")
+
+    def _kernel_features(self) -> FeatureNames | None:
+        cap, bug = self._pointer_array("x86_cap_flags"), self._pointer_array("x86_bug_flags")
+        if cap is None or bug is None:
+            return None
+        ncap = len(cap) // 32
+        total = self._capability_words()
+        if total is not None:
+            # struct cpuinfo_x86.x86_capability[NCAPINTS + NBUGINTS]: the arrays' extents may include padding
+            nbug = len(bug) // 32
+            if total - nbug < 1 or (total - nbug) * 32 > len(cap):
+                self._note(f"features: x86_cap_flags ({len(cap)} entries) and x86_bug_flags ({len(bug)}) do not "
+                           f"fit NCAPINTS + NBUGINTS = {total} from BTF; feature names from the table")
+                return None
+            ncap = total - nbug
+        try:
+            names = kernel_feature_names([self._c_string(p) for p in cap[:ncap * 32]],
+                                         [self._c_string(p) for p in bug])
+        except ImageError as err:
+            self._note(f"features: {err}; feature names from the table")
+            return None
+        self._note(f"features: names from the kernel's x86_cap_flags (NCAPINTS {ncap}), synthetic ones "
+                   "from the 6.1 table")
+        return names
+
+    def _capability_words(self) -> int | None:
+        """NCAPINTS + NBUGINTS: the length of ``struct cpuinfo_x86.x86_capability`` in BTF."""
+        if self.btf is None:
+            return None
+        got = btf_mod.struct_layout(self.btf, "cpuinfo_x86")
+        f = got.field("x86_capability") if got is not None else None
+        return None if f is None or f.size % 4 else f.size // 4
+
+    def _pointer_array(self, name: str) -> list[int] | None:
+        addr, size = self.symbols.address(name), self.symbols.extent(name)
+        if addr is None or not size:
+            return None
+        loc = self._locate(addr, size - size % 8)
+        if loc is None:
+            return None
+        return [p for (p,) in struct.iter_unpack("<Q", self._map[loc[0]:loc[0] + size - size % 8])]
+
+    def _c_string(self, pointer: int) -> str | None:
+        if not pointer:
+            return None
+        span = self._span(pointer, 1)
+        if span is None:
+            raise ImageError(f"a string pointer {pointer:#x} points outside every section with bytes")
+        off = span[2] + pointer - span[0]
+        raw = bytes(self._map[off:min(off + 64, span[2] + span[1] - span[0])]).split(b"\0", 1)[0]
+        if not raw or not raw.isascii():
+            raise ImageError(f"the string at {pointer:#x} is not a feature name")
+        return raw.decode("ascii")
 
     @staticmethod
     def _file_size(f: BinaryIO) -> int:
@@ -593,7 +799,8 @@ class Vmlinux:
 
     def _outside(self, table: str, index: int, address: int, length: int) -> ImageError:
         return ImageError(f"{self.path}: {table} entry {index} points at {address:#x}+{length}, outside any "
-                          f"section with bytes; the {self.layout.name} layout does not fit kernel {self.release}")
+                          f"section with bytes; the {self.layout.name} layout {self.layout.source} does not fit kernel "
+                          f"{self.release}")
 
     # ---- tables
 
@@ -601,6 +808,11 @@ class Vmlinux:
         """(start address, size, where) of a table, None when this kernel has no such table."""
         if table not in SECTIONS:
             raise ImageError(f"unknown patch table {table!r}; the tables are: {', '.join(TABLES)}")
+        if table == "runtime_consts":
+            secs = self._runtime_const_sections()
+            if not secs:
+                return None
+            return secs[0].address, secs[0].size, f"section {secs[0].name}"
         name = SECTIONS[table]
         sec = self.sections.get(name)
         if sec is not None and not sec.nobits:
@@ -633,7 +845,7 @@ class Vmlinux:
             data = data[:n]
         if len(data) % entry:
             raise ImageError(f"{self.path}: {where} is {len(data)} bytes, not a multiple of the {entry}-byte entry "
-                             f"of the {self.layout.name} layout (kernel {self.release}); a layout that does not "
+                             f"of the {self.layout.name} layout {self.layout.source} (kernel {self.release}); a layout that does not "
                              "fit is an error, not a guess: give the right release")
         return start, data
 
@@ -656,6 +868,9 @@ class Vmlinux:
         return out
 
     def _read_paravirt(self) -> list[Site]:
+        sec = self.sections.get(SECTIONS["paravirt"])
+        if (sec is None or self.layout.pv_entry is None) and self.layout.alt_direct_call is not None:
+            return self._pv_from_alternatives()
         if self.layout.pv_entry is None:
             self._note(f"paravirt: kernel {self.version[0]}.{self.version[1]} has no .parainstructions "
                        "(pv calls are alternatives from 6.8 on)")
@@ -679,6 +894,34 @@ class Vmlinux:
                            "struct paravirt_patch_template")
         return out
 
+    def _pv_from_alternatives(self) -> list[Site]:
+        """6.8+: the pv calls, as the ``alt_instr`` entries with ALT_FLAG_DIRECT_CALL at ``call *pv_ops+8*slot``."""
+        flag = self.layout.alt_direct_call
+        assert flag is not None
+        calls = [s for s in self.sites("alternatives") if s.flags is not None and s.flags & flag]
+        pv_ops = self.symbols.address("pv_ops")
+        names = self.pv_op_names()
+        limit = 8 * (max(names) + 1) if names else 8 * 256
+        out, other = [], 0
+        for s in calls:
+            target = self.pv_call_target(s)
+            slot = None
+            if pv_ops is not None and target is not None and 0 <= target - pv_ops < limit and not (target - pv_ops) % 8:
+                slot = (target - pv_ops) // 8
+            elif pv_ops is not None:
+                other += 1
+                continue
+            out.append(dataclasses.replace(s, table="paravirt", op=names.get(slot) if slot is not None else None,
+                                           slot=slot))
+        self._note(f"paravirt: kernel {self.version[0]}.{self.version[1]} has no .parainstructions; its "
+                   f"{len(out)} pv calls are the .altinstructions entries with ALT_FLAG_DIRECT_CALL "
+                   "(call *pv_ops+8*slot), named by slot")
+        if pv_ops is None:
+            self._note("paravirt: no pv_ops symbol; pv-op alternatives are not named")
+        if other:
+            self._note(f"paravirt: {other} ALT_FLAG_DIRECT_CALL entries do not call through pv_ops; left out")
+        return out
+
     def _read_alternatives(self) -> list[Site]:
         lay = self.layout
         got = self._entries("alternatives", lay.alt_entry)
@@ -686,6 +929,7 @@ class Vmlinux:
             return []
         base, data = got
         m, locate = self._map, self._locate
+        features = self.features
         out = []
         for i, entry in enumerate(struct.iter_unpack(lay.alt_format, data)):
             ioff, roff, ft, ilen, rlen = entry[:5]
@@ -696,7 +940,7 @@ class Vmlinux:
                 raise self._outside("alternatives", i, addr, ilen)
             if rloc is None:
                 raise self._outside("alternatives", i, raddr, rlen)
-            feature = format_feature(ft & lay.alt_feature_mask, bool(ft & lay.alt_not), self._features)
+            feature = features.format(ft & lay.alt_feature_mask, bool(ft & lay.alt_not))
             out.append(_site(table="alternatives", index=i, address=addr, length=ilen,
                              original=m[loc[0]:loc[0] + ilen], section=loc[2], feature=feature,
                              replacement=m[rloc[0]:rloc[0] + rlen], replacement_address=raddr, flags=ft))
@@ -778,6 +1022,43 @@ class Vmlinux:
         other = sum(1 for s in out if s.original not in (b"\xf0", b"\x3e"))
         if other:
             self._note(f"smp_locks: {other} sites hold neither a lock prefix (f0) nor ds (3e)")
+        return out
+
+    def _read_call_sites(self) -> list[Site]:
+        return self._read_branches("call_sites")
+
+    def _read_ibt_endbr_seal(self) -> list[Site]:
+        out = self._fixed_sites("ibt_endbr_seal", enumerate(self._read_relative("ibt_endbr_seal")), 4)
+        other = sum(1 for s in out if s.original not in (_ENDBR64, _ENDBR_POISON))
+        if other:
+            self._note(f"ibt_endbr_seal: {other} sites hold no endbr64 (poison_endbr() warns and skips them)")
+        return out
+
+    def _runtime_const_sections(self) -> list[Section]:
+        return sorted((sec for sec in self.sections.values() if sec.name.startswith(tuple(RUNTIME_CONST_KINDS))
+                       and not sec.nobits), key=lambda sec: sec.address)
+
+    def _read_runtime_consts(self) -> list[Site]:
+        secs = self._runtime_const_sections()
+        if not secs:
+            self._note("runtime_consts: no runtime_ptr_*/runtime_shift_* sections in this kernel; table empty")
+            return []
+        m, locate = self._map, self._locate
+        out: list[Site] = []
+        for sec in secs:
+            prefix = next(p for p in RUNTIME_CONST_KINDS if sec.name.startswith(p))
+            length, name = RUNTIME_CONST_KINDS[prefix], sec.name[len(prefix):]
+            if sec.size % 4:
+                raise ImageError(f"{self.path}: section {sec.name} is {sec.size} bytes, not a multiple of 4")
+            data = self._map[sec.offset:sec.offset + sec.size]
+            for j, (rel,) in enumerate(struct.iter_unpack("<i", data)):
+                addr = sec.address + 4 * j + rel
+                loc = locate(addr, length)
+                if loc is None:
+                    raise self._outside("runtime_consts", len(out), addr, length)
+                out.append(_site(table="runtime_consts", index=len(out), address=addr, length=length,
+                                 original=m[loc[0]:loc[0] + length], section=loc[2],
+                                 key=self.symbols.address(name)))
         return out
 
     def _read_jump_labels(self) -> list[Site]:

@@ -45,6 +45,11 @@ from .session import Options, Outcome, Session
 # 5 bytes, then a ud1 signature that is never rewritten.
 STATIC_CALL_TRAMP_SIZE = 5
 
+# Text the kernel writes outside every patch table, by name: (symbol, bytes, who writes it).
+# 6.1 and 6.12 arch/x86/xen/enlighten_pv.c: xen_start_kernel() turns the jmp at
+# early_xen_iret_patch (entry_64.S) into "jmp xen_iret" with __text_gen_insn().
+KNOWN_WRITES = (("early_xen_iret_patch", 5, "xen_start_kernel(): jmp xen_iret"),)
+
 
 def load_tables(kernel: Kernel, note: Note) -> tuple[Vmlinux, Symbols, dict[str, list[Site]]]:
     """The vmlinux, its symbols, and every table's sites (all tables: any of them explains a change)."""
@@ -68,6 +73,8 @@ def comparisons_for(vmlinux: Vmlinux, symbols: Symbols, sites: Mapping[str, list
     # Static-call trampolines (__SCT__<name>: a 5-byte jmp, or ret when the
     # call is off) are rewritten by static_call_update(): known, not table sites.
     known = [(address, address + STATIC_CALL_TRAMP_SIZE) for _, address in symbols.with_prefix("__SCT__")]
+    known += [(address, address + size) for name, size, _ in KNOWN_WRITES
+              if (address := symbols.address(name)) is not None]
     # Only the reported tables are compared site by site; every other table's
     # sites still count as known for the whole-text checks.
     known += [(s.address, s.address + s.length) for table, found in sites.items()

@@ -45,8 +45,9 @@ def test_static_sites_of_every_table() -> None:
     rows = {line.split()[0]: line.split()[1] for line in res.stdout.splitlines()[2:] if line.startswith("  ")
             and not line.strip().startswith("note")}
     assert rows["paravirt"] == "3848" and rows["alternatives"] == "4667"
-    assert set(rows) == {"paravirt", "alternatives", "retpolines", "returns", "smp_locks", "jump_labels",
-                         "static_calls", "ftrace"}
+    assert set(rows) == {"paravirt", "alternatives", "retpolines", "returns", "call_sites", "ibt_endbr_seal",
+                         "smp_locks", "jump_labels", "static_calls", "ftrace", "runtime_consts"}
+    assert rows["call_sites"] == rows["ibt_endbr_seal"] == rows["runtime_consts"] == "0"   # none of them in 6.1
     js = patchscope("sites", "--kernel", "debian-6.1", "--table", "paravirt", "--json")
     sites = [json.loads(line) for line in js.stdout.splitlines()]
     assert len(sites) == 3848

@@ -68,13 +68,13 @@ def test_a_saved_run_fails_site_assertions_it_does_not_meet(capsys: pytest.Captu
     checked = check(run, load_config(config))
     assert checked.verdict is not None and checked.verdict.verdict == "fail"
     reasons = checked.verdict.reasons
-    assert reasons[0].startswith("expect.sites (line 19) op=irq.save_fl at after-patching: 458 of 458 sites "
+    assert reasons[0].startswith("expect.sites (line 22) op=irq.save_fl at after-patching: 458 of 458 sites "
                                  "not 'call xen_save_fl_direct': irq.save_fl at start_kernel+0x47a")
     # Each of the six per-op assertions fails; the counts and states before and after patching hold in both modes.
     assert [r.split(" at after-patching")[0] for r in reasons] == [
-        f"expect.sites (line {n}) op={op}" for n, op in ((19, "irq.save_fl"), (20, "irq.irq_disable"),
-                                                         (21, "irq.irq_enable"), (22, "mmu.read_cr2"),
-                                                         (24, "mmu.lazy_mode.leave"), (26, "cpu.load_tr_desc"))]
+        f"expect.sites (line {n}) op={op}" for n, op in ((22, "irq.save_fl"), (23, "irq.irq_disable"),
+                                                         (24, "irq.irq_enable"), (25, "mmu.read_cr2"),
+                                                         (27, "mmu.lazy_mode.leave"), (29, "cpu.load_tr_desc"))]
     assert cli_main(["check", str(run), "--expect", str(config)]) == 1
     assert "op=irq.save_fl" in capsys.readouterr().out
 

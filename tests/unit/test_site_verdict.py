@@ -85,7 +85,7 @@ def test_real_configs_parse(name: str) -> None:
                                      tables=("paravirt", "alternatives"))
     sites = config.expect.sites
     assert sites[0] == SiteAssertion(table="paravirt", state=("unchanged",), at="before-patching")
-    assert sites[1] == SiteAssertion(table="paravirt", count=(3848, 3848))
+    assert sites[1] == SiteAssertion(table="paravirt", count=(3848, 4319))     # 6.1.0-56 and 6.12.117
     assert sites[2] == SiteAssertion(table="paravirt", state=("patched",))
     by_op = {a.op: a.insns for a in sites if a.op}
     assert set(by_op) == {"irq.save_fl", "irq.irq_disable", "irq.irq_enable", "mmu.read_cr2",
@@ -93,11 +93,11 @@ def test_real_configs_parse(name: str) -> None:
     if name == "pv-sites-native":
         assert by_op["irq.save_fl"] == "pushf; pop %rax"
         assert by_op["mmu.lazy_mode.leave"] == ""          # insns: [] — only NOPs
-        assert config.expect.unknown_changes == 0
     else:
         assert by_op["irq.save_fl"] == "call xen_save_fl_direct"
         assert by_op["cpu.load_tr_desc"] == ""
-        assert config.expect.unknown_changes == 1
+    # Xen PV's write at early_xen_iret_patch is a known one (observe/inspection.py KNOWN_WRITES).
+    assert config.expect.unknown_changes == 0
     assert (config.expect.oversized, config.expect.pv_indirect) == (0, 0)
     # Each assertion remembers its line.
     lines = text.splitlines()
