@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from framework.analysis.sites import insns_text
 from framework.domain import TABLES
 from tests.conftest import patchscope, result_json
 
@@ -56,8 +57,8 @@ def test_live_sites_leave_no_change_unexplained(mode: str, artifacts: Path) -> N
     pv = [s for s in sites if s["table"] == "paravirt"]
     ops = Counter(s["op"] for s in pv)
     assert None not in ops and ops["irq.save_fl"] == 509 and ops["mmu.read_cr2"] == 7
-    save_fl = {" ".join(s["live_insns"]) for s in pv if s["op"] == "irq.save_fl"}
-    assert save_fl == ({"pushf pop %rax"} if mode == "native" else {"call xen_save_fl_direct"}), save_fl
+    save_fl = {insns_text(s["live_insns"]) for s in pv if s["op"] == "irq.save_fl"}
+    assert save_fl == ({"pushf; pop %rax"} if mode == "native" else {"call xen_save_fl_direct"}), save_fl
 
 
 @pytest.mark.parametrize("mode", MODES)
