@@ -285,15 +285,13 @@ class Symbols:
         addr = self._by_name.get(name)
         if addr is None:
             return None
-        addrs, ends, _ = self._index
-        i = bisect_right(addrs, addr) - 1
-        if i < 0 or addrs[i] != addr:
-            return None
         col = self._places
-        sized = [col.sizes[k] for k, n in enumerate(col.names) if n == name and col.values[k] == addr and col.sizes[k]]
-        if sized:
-            return sized[0]
-        return (addrs[i + 1] if i + 1 < len(addrs) else ends[i]) - addr
+        # One pass, no index: this is asked for a handful of names, before (or without) any resolve().
+        size = next((col.sizes[k] for k, n in enumerate(col.names) if n == name and col.values[k] == addr), 0)
+        if size:
+            return size
+        later = [v for v in col.values if v > addr]
+        return min(later) - addr if later else None
 
     def with_prefix(self, prefix: str) -> list[tuple[str, int]]:
         """(name, address) of every symbol whose name starts with ``prefix``, by address."""
@@ -911,8 +909,8 @@ class Vmlinux:
             elif pv_ops is not None:
                 other += 1
                 continue
-            out.append(dataclasses.replace(s, table="paravirt", op=names.get(slot) if slot is not None else None,
-                                           slot=slot))
+            out.append(_site(**{**s.__dict__, "table": "paravirt", "slot": slot,
+                                "op": names.get(slot) if slot is not None else None}))
         self._note(f"paravirt: kernel {self.version[0]}.{self.version[1]} has no .parainstructions; its "
                    f"{len(out)} pv calls are the .altinstructions entries with ALT_FLAG_DIRECT_CALL "
                    "(call *pv_ops+8*slot), named by slot")
@@ -956,6 +954,7 @@ class Vmlinux:
     def _read_branches(self, table: str) -> list[Site]:
         # The hot loop of the two biggest tables (50k return sites): sites are built from a template state.
         m, new, setstate = self._map, object.__new__, object.__setattr__
+        unpack_rel = struct.Struct("<i").unpack_from
         base = {**_SITE_DEFAULTS, "table": table}
         lo = hi = foff = 0
         sec = ""
@@ -968,10 +967,12 @@ class Vmlinux:
                     raise self._outside(table, i, addr, 1)
                 lo, hi, foff, sec = span
             off = foff + addr - lo
-            head = m[off:off + min(8, hi - addr)]
-            if (head[0] == 0xE8 or head[0] == 0xE9) and len(head) >= 5:      # call/jmp rel32: nearly all
-                n, target = 5, (addr + 5 + int.from_bytes(head[1:5], "little", signed=True)) & _U64
+            op = m[off]
+            if (op == 0xE8 or op == 0xE9) and hi - addr >= 5:      # call/jmp rel32: nearly all
+                head = m[off:off + 5]
+                n, target = 5, (addr + 5 + unpack_rel(m, off + 1)[0]) & _U64
             else:
+                head = m[off:off + min(8, hi - addr)]
                 got = _decode_branch(head)
                 if got is None:
                     odd += 1
