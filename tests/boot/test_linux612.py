@@ -74,3 +74,12 @@ def test_configs_needing_apply_paravirt_are_not_applicable(config: str, artifact
     res = patchscope("run", f"configs/{config}.yaml", "--kernel", KERNEL, "--artifacts", str(artifacts), "-q")
     assert res.returncode == 0, res.stdout + res.stderr
     assert f"not applicable to {KERNEL}: requires.symbols: the kernel has no apply_paravirt" in res.stdout
+
+
+def test_runtime_consts_are_all_filled_by_kernel_init(artifacts: Path) -> None:
+    # USER_PTR_MAX is filled in right after alternative_instructions(): by kernel_init all 136 are.
+    res = patchscope("sites", "--live", "--at", "kernel_init", "--kernel", KERNEL, "--table", "runtime_consts",
+                     "--artifacts", str(artifacts))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert _counts(res.stdout)["runtime_consts"] == [136, 136, 0, 0]
+    assert "text changes outside every known site: 0" in res.stdout, res.stdout
