@@ -19,13 +19,14 @@ from typing import Any
 from . import __version__
 from .analysis.sites import Oversize, SiteState, TextChange
 from .analysis.trace import Event
+from .build.kbuild import build_info
 from .config import Config, default_config, load_config, with_overrides
 from .domain import ACCELS, DEFAULT_KERNEL, MODES, TABLES, VerdictName
 from .errors import PatchscopeError
 from .kernel import xen
 from .kernel.fetch import note_stderr
 from .kernel.image import Kernel, cached_kernels, prepare_kernel
-from .kernel.refs import DebianRef, list_recipes, parse_ref
+from .kernel.refs import BuildRef, DebianRef, list_recipes, parse_ref
 from .kernel.xen import XEN_PACKAGE_PREFIX
 from .observe.inspection import load_tables
 from .pipeline import RunRequest, applicability, artifacts_dir, check, check_mode, execute
@@ -111,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .matrix.commands import add_parsers
     add_parsers(sub)
+    from .build.commands import add_parser as add_build_parser
+    add_build_parser(sub)
 
     kernels = sub.add_parser("kernels", help="list or fetch kernels")
     ksub = kernels.add_subparsers(dest="kcommand", required=True, metavar="ACTION")
@@ -147,7 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"patchscope: error: {where}{err.strerror or err}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print("patchscope: interrupted; QEMU stopped, artefacts kept", file=sys.stderr)
+        what = "make stopped, its log kept" if args.command == "build" else "QEMU stopped, artefacts kept"
+        print(f"patchscope: interrupted; {what}", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -169,6 +173,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         return cmd_sites(args)
     if args.command == "trace":
         return cmd_trace(args)
+    if args.command == "build":
+        from .build.commands import cmd_build
+        return cmd_build(args)
     if args.command in ("matrix", "report"):
         from .matrix import commands  # the matrix's modules load only when asked for
         return commands.cmd_matrix(args) if args.command == "matrix" else commands.cmd_report(args)
@@ -383,12 +390,15 @@ def cmd_kernels(args: argparse.Namespace) -> int:
         print("recipes (kernels/):")
         for name in list_recipes():
             ref = parse_ref(name)
-            pinned = f"{ref.package}={ref.version}" if isinstance(ref, DebianRef) else ref.text
+            pinned = (f"{ref.package}={ref.version}" if isinstance(ref, DebianRef)
+                      else ref.recipe.describe() if isinstance(ref, BuildRef) else ref.text)
             print(f"  {name:<16} {pinned}")
         print("prepared in the cache:")
         for entry in cached_kernels():
             meta = json.loads((entry / "kernel.json").read_text())
-            print(f"  {entry.name:<48} symbols: {meta.get('symbol_source')}")
+            built = build_info(entry)
+            origin = f"  built from {built.get('identity')} ({built.get('recipe') or built.get('config')})" if built else ""
+            print(f"  {entry.name:<48} symbols: {meta.get('symbol_source')}{origin}")
         return EXIT_PASS
     ref = parse_ref(args.ref)
     if isinstance(ref, DebianRef) and ref.package.startswith(XEN_PACKAGE_PREFIX):

@@ -8,6 +8,7 @@ did not meet its expectation is not an exception: it is a verdict.
 
     PatchscopeError                 every error patchscope raises on purpose
      ├── InputError                 the user's input is wrong; the message says how to fix it
+     │    ├── BuildError            (build/) a kernel tree that does not configure or compile
      │    ├── ConfigError           a YAML test config: file, line, reason
      │    ├── KernelRefError        a kernel/hypervisor reference that names nothing usable
      │    ├── ImageError            a kernel image or vmlinux that cannot be read
@@ -56,6 +57,14 @@ class ConfigError(InputError):
 
 class KernelRefError(InputError):
     """A kernel or hypervisor reference that names nothing usable."""
+
+
+class BuildError(InputError):
+    """A kernel build that failed: the first error line, and where the whole log is kept."""
+
+    def __init__(self, message: str, log: Path | None = None) -> None:
+        self.log = log
+        super().__init__(message)
 
 
 class ImageError(InputError):

@@ -59,6 +59,14 @@ def write_config(tmp_path: Path, name: str, body: str) -> Path:
     return path
 
 
+def git(tree: Path, *args: str) -> str:
+    """git in ``tree`` with a fixed identity; its output, stripped."""
+    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.invalid", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@example.invalid")
+    return subprocess.run(["git", "-C", str(tree), *args], capture_output=True, text=True, check=True,
+                          env=env).stdout.strip()
+
+
 @pytest.fixture
 def artifacts(tmp_path: Path) -> Path:
     return tmp_path / "out"

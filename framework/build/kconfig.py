@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,15 +96,24 @@ class Lost:
 
     wanted: Setting
     actual: str | None          # the final value; None when the option is unset or absent
+    unknown: bool = False       # no Kconfig file of the tree defines the option
 
     def message(self) -> str:
+        if self.unknown:
+            return (f"{self.wanted.where()}: {self.wanted.render()}: this tree has no option "
+                    f"{self.wanted.name.removeprefix('CONFIG_')} (no Kconfig file defines it); fix the name for "
+                    "this kernel version, or drop the line")
         got = "absent (its dependencies are not met)" if self.actual is None else f"{self.actual!r}"
         return (f"{self.wanted.where()}: {self.wanted.render()} did not survive olddefconfig: the final .config has "
                 f"{self.wanted.name} {got}; add what it depends on to the fragment, or drop the line")
 
 
-def lost(requested: Iterable[Setting], final: str) -> list[Lost]:
-    """The requested values missing from the final .config (``is not set`` is met by an absent option)."""
+def lost(requested: Iterable[Setting], final: str, known: AbstractSet[str] | None = None) -> list[Lost]:
+    """The requested values missing from the final .config (``is not set`` is met by an absent option).
+
+    ``known``: the symbols the tree's Kconfig files define, when the caller has them; a
+    requested option outside it is reported as unknown rather than as unmet dependencies.
+    """
     have = {s.name: s.value for s in parse(final, "final", strict=False)}
     out: list[Lost] = []
     for want in requested:
@@ -112,5 +122,6 @@ def lost(requested: Iterable[Setting], final: str) -> list[Lost]:
             if actual not in (None, "n"):
                 out.append(Lost(want, actual))
         elif actual != want.value:
-            out.append(Lost(want, actual))
+            unknown = known is not None and want.name.removeprefix("CONFIG_") not in known
+            out.append(Lost(want, actual, unknown=unknown))
     return out

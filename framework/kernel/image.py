@@ -31,6 +31,7 @@ from pathlib import Path
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
+from ..build import kbuild
 from ..domain import Note
 from ..errors import ImageError, ToolMissingError
 from .fetch import (
@@ -45,7 +46,7 @@ from .fetch import (
     safe_key,
     write_meta,
 )
-from .refs import DebianRef, KernelRef, NewestRef, PathRef
+from .refs import BuildRef, DebianRef, KernelRef, NewestRef, PathRef
 
 # Compressed payload magics (arch/x86/boot/compressed/Makefile's suffixes).
 _MAGICS: tuple[tuple[bytes, str], ...] = (
@@ -179,7 +180,18 @@ def prepare_kernel(ref: KernelRef, note: Note | None = None) -> Kernel:
         return _prepare_debian(resolve_newest(ref, note), note)
     if isinstance(ref, DebianRef):
         return _prepare_debian(ref, note)
+    if isinstance(ref, BuildRef):
+        return _prepare_build(ref, note)
     return _prepare_path(ref, note)
+
+
+def _prepare_build(ref: BuildRef, note: Note | None) -> Kernel:
+    """Build the recipe's kernel (or find it built): an entry kernels/build-<key>/ with the ELF's symbols."""
+    def finish(tmp: Path) -> None:
+        _prepare_files(tmp, ref.text, None, None, note)
+
+    built = kbuild.build(ref.recipe, note, finish=finish)
+    return _load(built.entry, ref.text)
 
 
 def _prepare_debian(ref: DebianRef, note: Note | None) -> Kernel:

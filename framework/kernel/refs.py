@@ -6,6 +6,8 @@ A reference is one of
   Debian package and version;
 - ``debian:<package>[=<version>]``: any kernel package the host's apt sources carry;
 - ``path:<bzImage>[,vmlinux=<file>]``: a kernel you built yourself;
+- ``build:<recipe.yaml>``, or a recipe name whose file says ``kind: build``: a kernel
+  patchscope builds from a tree (``framework.build``), once, then cached;
 - ``debian-newest:<line>[/<flavour>]`` (``debian-newest:6.1``): the newest kernel
   package of an upstream line that the apt sources carry, found anew on every run
   (``resolve_newest`` in ``fetch``); results record the exact package and version.
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import yaml
 
+from ..build.recipe import Recipe, load_build_recipe
 from ..errors import ConfigError, KernelRefError
 
 # Debian package names (policy 5.6.1) and versions (5.6.12), loosely.
@@ -66,7 +69,15 @@ class NewestRef:
         return re.fullmatch(pattern, package) is not None
 
 
-KernelRef = DebianRef | PathRef | NewestRef
+@dataclass(frozen=True)
+class BuildRef:
+    """A kernel to build from a tree with a recipe (``framework.build.recipe``)."""
+
+    recipe: Recipe
+    text: str
+
+
+KernelRef = DebianRef | PathRef | NewestRef | BuildRef
 
 
 def recipes_dir() -> Path:
@@ -98,13 +109,21 @@ def parse_ref(text: str, directory: Path | None = None, base: Path | None = None
         return _parse_path(text[len("path:"):], text, base)
     if text.startswith("debian-newest:"):
         return _parse_newest(text[len("debian-newest:"):], text)
+    if text.startswith("build:"):
+        spec = text[len("build:"):]
+        if not spec:
+            raise KernelRefError(f"{text!r}: give a build recipe file, as build:kernels/tiny-6.1.yaml")
+        path = _resolve(spec, base)
+        if not path.is_file():
+            raise KernelRefError(f"{text!r}: no such build recipe {path}")
+        return BuildRef(load_build_recipe(path), text)
     recipes = list_recipes(directory)
     if text in recipes:
         return load_recipe(recipes[text])
     known = ", ".join(sorted(recipes)) or "none found"
     raise KernelRefError(
         f"unknown kernel reference {text!r}: use a recipe name ({known}), "
-        "debian:<package>[=<version>], debian-newest:<line> or path:<bzImage>[,vmlinux=<file>]")
+        "debian:<package>[=<version>], debian-newest:<line>, build:<recipe.yaml> or path:<bzImage>[,vmlinux=<file>]")
 
 
 def _parse_newest(spec: str, text: str) -> NewestRef:
@@ -198,19 +217,21 @@ def _resolve(value: str, base: Path | None) -> Path:
 _RECIPE_KEYS = {"description", "kind", "package", "version"}
 
 
-def load_recipe(path: Path) -> DebianRef:
-    """Read a ``kernels/<name>.yaml`` recipe (kind: debian)."""
+def load_recipe(path: Path) -> DebianRef | BuildRef:
+    """Read a ``kernels/<name>.yaml`` recipe (kind: debian, or kind: build)."""
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as err:
         raise ConfigError(path, None, f"cannot read recipe: {err}".splitlines()[0]) from err
     if not isinstance(data, dict):
         raise ConfigError(path, 1, "a recipe is a mapping with kind, package and version")
+    if data.get("kind") == "build":
+        return BuildRef(load_build_recipe(path), path.stem)
     unknown = set(data) - _RECIPE_KEYS
     if unknown:
         raise ConfigError(path, None, f"unknown recipe keys: {', '.join(sorted(map(str, unknown)))}")
     if data.get("kind") != "debian":
-        raise ConfigError(path, None, f"recipe kind {data.get('kind')!r} is not supported; use kind: debian")
+        raise ConfigError(path, None, f"recipe kind {data.get('kind')!r} is not supported; use kind: debian or kind: build")
     package, version = data.get("package"), data.get("version")
     if not isinstance(package, str) or not isinstance(version, str):
         raise ConfigError(path, None, "a debian recipe needs package: and version: as strings")

@@ -30,7 +30,7 @@ from .fetch import (
     safe_key,
     write_meta,
 )
-from .refs import DebianRef, KernelRef, NewestRef
+from .refs import BuildRef, DebianRef, KernelRef, NewestRef
 
 _XEN_GZ = re.compile(r"^boot/xen-[0-9.]+-amd64\.gz$")
 BANNER = re.compile(r"\(XEN\) Xen version (\S+) \(([^)]*)\)")
@@ -86,6 +86,9 @@ def prepare_hypervisor(ref: KernelRef, note: Note | None = None) -> Hypervisor:
                            deb_file_version(deb))
                     got["xen.gz"].unlink()
         return _load(final, ref.text)
+    if isinstance(ref, BuildRef):
+        raise KernelRefError(f"{ref.text!r} is a kernel build recipe; patchscope does not build Xen: give a recipe "
+                             "(xen-4.17), debian:xen-hypervisor-<version>-amd64 or path:<xen image>")
     if isinstance(ref, NewestRef):
         raise KernelRefError(f"{ref.text!r} names a kernel line; a hypervisor is a recipe (xen-4.17), "
                              "debian:xen-hypervisor-<version>-amd64 or path:<xen image>")

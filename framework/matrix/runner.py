@@ -32,7 +32,7 @@ from ..domain import Note
 from ..errors import PatchscopeError
 from ..kernel import xen
 from ..kernel.image import Kernel, prepare_kernel
-from ..kernel.refs import DebianRef, NewestRef, PathRef, parse_ref
+from ..kernel.refs import BuildRef, DebianRef, NewestRef, PathRef, parse_ref
 from ..pipeline import not_applicable, prepare_xen
 from ..report.result import RunResult, load_result
 from ..vm.machine import DEFAULT_MEMORY_MIB
@@ -75,6 +75,8 @@ def fetch_ref(ref_text: str, kernel: Kernel, base: Path) -> str:
     ref = parse_ref(ref_text, base=base)
     if isinstance(ref, (DebianRef, NewestRef)) and kernel.package:
         return f"debian:{kernel.package}={kernel.version}" if kernel.version else f"debian:{kernel.package}"
+    if isinstance(ref, BuildRef) and ref.text.startswith("build:") and ref.recipe.source is not None:
+        return f"build:{ref.recipe.source.resolve()}"
     if isinstance(ref, PathRef):
         return f"path:{ref.bzimage}" + (f",vmlinux={ref.vmlinux}" if ref.vmlinux else "")
     return ref_text

@@ -89,3 +89,15 @@ def test_the_last_fragment_to_set_an_option_wins_and_its_request_is_met_by_the_m
     # The merged text itself meets every request: nothing is lost before olddefconfig.
     assert lost(merged.requested.values(), merged.text) == []
 
+
+
+def test_an_option_the_tree_does_not_define_is_named_as_unknown() -> None:
+    fragment = "CONFIG_RETPOLINE=y\nCONFIG_MITIGATION_RETPOLINE=y\n"
+    merged = merge(BASE, [("frag.config", fragment)])
+    final = BASE + "CONFIG_RETPOLINE=y\n"
+    found = lost(merged.requested.values(), final, known={"RETPOLINE", "64BIT"})
+    assert [(x.wanted.name, x.unknown) for x in found] == [("CONFIG_MITIGATION_RETPOLINE", True)]
+    assert found[0].message().startswith("frag.config:2: CONFIG_MITIGATION_RETPOLINE=y: this tree has no option "
+                                         "MITIGATION_RETPOLINE")
+    # without the tree's symbols the same loss reads as unmet dependencies
+    assert "did not survive olddefconfig" in lost(merged.requested.values(), final)[0].message()

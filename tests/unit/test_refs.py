@@ -45,6 +45,9 @@ def test_recipes_listed_and_bad_recipes_rejected(tmp_path: Path) -> None:
     bad.write_text("kind: debian\npackage: linux-image-x\nversion: 1\nmirror: http://example\n")
     with pytest.raises(ConfigError, match="unknown recipe keys: mirror"):
         load_recipe(bad)
-    bad.write_text("kind: build\n")
-    with pytest.raises(ConfigError, match="not supported"):
+    bad.write_text("kind: source\n")
+    with pytest.raises(ConfigError, match="kind 'source' is not supported; use kind: debian or kind: build"):
+        load_recipe(bad)
+    bad.write_text("kind: build\n")     # a build recipe is read by framework.build.recipe, with lines
+    with pytest.raises(ConfigError, match=r"bad.yaml:1: a build recipe needs tree:"):
         load_recipe(bad)
