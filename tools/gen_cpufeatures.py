@@ -1,4 +1,4 @@
-"""Regenerate the X86_FEATURE/X86_BUG table in ``framework/elf/cpufeatures.py``.
+"""Regenerate an X86_FEATURE/X86_BUG table (one per kernel line) in ``framework/elf/cpufeatures.py``.
 
 The table is data taken from the kernel's ``arch/x86/include/asm/cpufeatures.h``
 (the numbers and names only). Get Debian's exact 6.1 header with::
@@ -11,9 +11,11 @@ then run::
 
     .venv/bin/python tools/gen_cpufeatures.py /tmp/linux-source-6.1/arch/x86/include/asm/cpufeatures.h \\
         --source "Debian linux-source-6.1 6.1.192-2"
+    .venv/bin/python tools/gen_cpufeatures.py /tmp/linux-source-6.12/arch/x86/include/asm/cpufeatures.h \\
+        --table 6.12 --source "Debian linux-source-6.12 6.12.117-1~deb12u1"
 
-It rewrites the block between the ``# BEGIN GENERATED`` and ``# END GENERATED``
-lines of ``framework/elf/cpufeatures.py`` and nothing else. Definitions inside
+It rewrites the block between the ``# BEGIN GENERATED <table>`` and ``# END
+GENERATED <table>`` lines of ``framework/elf/cpufeatures.py`` and nothing else. Definitions inside
 ``#ifdef CONFIG_X86_32`` are left out (patchscope looks at x86-64 kernels only).
 """
 
@@ -24,9 +26,13 @@ import re
 import sys
 from pathlib import Path
 
-TARGET = Path(__file__).resolve().parents[1] / "framework" / "cpufeatures.py"
+TARGET = Path(__file__).resolve().parents[1] / "framework" / "elf" / "cpufeatures.py"
 BEGIN = "# BEGIN GENERATED"
 END = "# END GENERATED"
+
+
+def markers(table: str) -> tuple[str, str]:
+    return f"{BEGIN} {table} ", f"{END} {table}\n"
 
 _WORD_BIT = r"\(\s*(\d+)\s*\*\s*32\s*\+\s*(\d+)\s*\)"
 _FEATURE = re.compile(r"#define\s+X86_FEATURE_(\w+)\s+" + _WORD_BIT)
@@ -75,35 +81,42 @@ def parse(text: str) -> tuple[int, int, list[tuple[int, int, str]], list[tuple[i
     return counts["NCAPINTS"], counts["NBUGINTS"], features, bugs
 
 
-def render(source: str, ncapints: int, nbugints: int, features: list[tuple[int, int, str]],
+def render(table: str, source: str, ncapints: int, nbugints: int, features: list[tuple[int, int, str]],
            bugs: list[tuple[int, int, str]]) -> str:
-    out = [BEGIN + f" by tools/gen_cpufeatures.py from {source}; do not edit by hand",
-           f"NCAPINTS_6_1 = {ncapints}", f"NBUGINTS_6_1 = {nbugints}",
-           "# (word, bit, name): X86_FEATURE_<name> = word*32 + bit", "_FEATURES_6_1: tuple[tuple[int, int, str], ...] = ("]
+    v = table.replace(".", "_")
+    begin, end = markers(table)
+    out = [begin + f"by tools/gen_cpufeatures.py from {source}; do not edit by hand",
+           f"NCAPINTS_{v} = {ncapints}", f"NBUGINTS_{v} = {nbugints}",
+           "# (word, bit, name): X86_FEATURE_<name> = word*32 + bit", f"_FEATURES_{v}: tuple[tuple[int, int, str], ...] = ("]
     out += [f"    ({w}, {b}, {n!r})," for w, b, n in features]
     out += [")", "# (word, bit, name): X86_BUG_<name> = NCAPINTS*32 + word*32 + bit",
-            "_BUGS_6_1: tuple[tuple[int, int, str], ...] = ("]
+            f"_BUGS_{v}: tuple[tuple[int, int, str], ...] = ("]
     out += [f"    ({w}, {b}, {n!r})," for w, b, n in bugs]
-    out += [")", END]
+    out += [")", end.rstrip("\n")]
     return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("header", type=Path, help="arch/x86/include/asm/cpufeatures.h of Linux 6.1")
+    ap.add_argument("header", type=Path, help="arch/x86/include/asm/cpufeatures.h of the kernel line")
+    ap.add_argument("--table", default="6.1", help="the kernel line the header is from (default: 6.1)")
     ap.add_argument("--source", default="Linux 6.1 arch/x86/include/asm/cpufeatures.h",
                     help="where the header came from (recorded in the generated block)")
     ap.add_argument("--target", type=Path, default=TARGET)
     args = ap.parse_args(argv)
     ncap, nbug, features, bugs = parse(args.header.read_text())
     text = args.target.read_text()
-    start, end = text.find(BEGIN), text.find(END)
-    if start < 0 or end < start:
-        raise SystemExit(f"{args.target}: no '{BEGIN}' ... '{END}' block")
-    line_start = text.rfind("\n", 0, start) + 1
-    text = text[:line_start] + render(args.source, ncap, nbug, features, bugs) + text[end + len(END):]
+    begin, end_marker = markers(args.table)
+    start, end = text.find(begin), text.find(end_marker)
+    block = render(args.table, args.source, ncap, nbug, features, bugs)
+    if start < 0 and end < 0:      # a new table: appended
+        text = text.rstrip("\n") + "\n\n\n" + block + "\n"
+    elif start < 0 or end < start:
+        raise SystemExit(f"{args.target}: no '{begin.strip()}' ... '{end_marker.strip()}' block")
+    else:
+        text = text[:start] + block + text[end + len(end_marker) - 1:]
     args.target.write_text(text)
-    print(f"{args.target}: {len(features)} features, {len(bugs)} bugs, NCAPINTS={ncap}, NBUGINTS={nbug}")
+    print(f"{args.target}: table {args.table}: {len(features)} features, {len(bugs)} bugs, NCAPINTS={ncap}, NBUGINTS={nbug}")
     return 0
 
 

@@ -113,6 +113,7 @@ from elftools.elf.elffile import ELFFile
 from ..domain import TABLES
 from ..errors import ImageError, UnsupportedError
 from . import btf as btf_mod
+from .cpufeatures import TABLES as FEATURE_TABLES
 from .cpufeatures import FeatureNames, kernel_feature_names, table_feature_names
 
 # Where each table lives: an ELF section, or (for tables inside another section) a symbol pair.
@@ -665,8 +666,10 @@ class Vmlinux:
         got = self._kernel_features()
         if got is not None:
             return got
-        if self.version == (6, 1):
-            return table_feature_names("6.1")
+        line = f"{self.version[0]}.{self.version[1]}"
+        if line in FEATURE_TABLES:
+            self._note(f"features: no x86_cap_flags in the symbols; names from the {line} table")
+            return table_feature_names(line)
         return FeatureNames(_NO_BUG_WORDS, {}, "none")
 
     def _kernel_features(self) -> FeatureNames | None:
@@ -684,13 +687,13 @@ class Vmlinux:
                 return None
             ncap = total - nbug
         try:
+            line = f"{self.version[0]}.{self.version[1]}"
             names = kernel_feature_names([self._c_string(p) for p in cap[:ncap * 32]],
-                                         [self._c_string(p) for p in bug])
+                                         [self._c_string(p) for p in bug], line if line in FEATURE_TABLES else None)
         except ImageError as err:
             self._note(f"features: {err}; feature names from the table")
             return None
-        self._note(f"features: names from the kernel's x86_cap_flags (NCAPINTS {ncap}), synthetic ones "
-                   "from the 6.1 table")
+        self._note(f"features: names from the kernel's {names.source} (NCAPINTS {ncap})")
         return names
 
     def _capability_words(self) -> int | None:

@@ -19,7 +19,7 @@ from framework.analysis.sites import Capture, compare
 from framework.domain import TABLES
 from framework.elf import btf as btf_mod
 from framework.elf.btf import Btf, struct_layout
-from framework.elf.cpufeatures import kernel_feature_names
+from framework.elf.cpufeatures import kernel_feature_names, table_feature_names
 from framework.elf.vmlinux import Site, Symbols, Vmlinux, layout_for, layout_from_btf
 from framework.errors import ImageError
 from framework.observe.inspection import comparisons_for
@@ -133,8 +133,8 @@ def test_feature_names_from_the_kernels_own_strings() -> None:
     flags = load("cap-flags.json")
     cap, bug = flags["x86_cap_flags"], flags["x86_bug_flags"]
     assert len(cap) == 22 * 32 and len(bug) == 2 * 32
-    names = kernel_feature_names(cap, bug)
-    assert names.ncapints == 22 and names.source == "x86_cap_flags"
+    names = kernel_feature_names(cap, bug, "6.12")
+    assert names.ncapints == 22 and names.source == "x86_cap_flags, synthetic ones from the 6.12 table"
     assert names.format(0 * 32 + 26) == "X86_FEATURE_XMM2"           # "sse2" in /proc/cpuinfo
     assert names.format(4 * 32 + 19) == "X86_FEATURE_XMM4_1"
     assert names.format(ALWAYS) == "X86_FEATURE_ALWAYS"               # NULL slot: synthetic, from the table
@@ -142,9 +142,17 @@ def test_feature_names_from_the_kernels_own_strings() -> None:
     assert names.format(22 * 32 + 3) == "X86_BUG_AMD_TLB_MMATCH"      # "tlb_mmatch"
     assert names.format(22 * 32 + 32 + 5) == "X86_BUG_ITS"
     assert names.format(22 * 32 + 63) == "X86_BUG_(1*32+31)"
+    assert names.format(22 * 32 + 12) == "X86_BUG_MONITOR"            # "monitor", not the feature MWAIT's
     assert len(set(names.names.values())) == len(names.names)       # no name at two numbers
-    # The 6.1 table put VPID at 8*32+4; 6.12's strings put it at 8*32+3, so 8*32+4 stays unnamed.
-    assert names.format(8 * 32 + 3) == "X86_FEATURE_VPID" and names.format(8 * 32 + 4) == "X86_FEATURE_(8*32+4)"
+    # Every name is the one 6.12's cpufeatures.h gives that number, synthetic ones included.
+    assert names.names == table_feature_names("6.12").names
+    assert names.format(8 * 32 + 4) == "X86_FEATURE_COHERENCY_SFW_NO"  # 8*32+5 in 6.1.192's backport
+    assert names.format(20 * 32 + 2) == "X86_FEATURE_LFENCE_RDTSC"     # 3*32+18 in 6.1
+    # A line without a table: synthetic names only where every table agrees, so none is wrong.
+    agreed = kernel_feature_names(cap, bug)
+    assert agreed.format(XENPV) == "X86_FEATURE_XENPV" and agreed.format(ALWAYS) == "X86_FEATURE_ALWAYS"
+    assert agreed.format(3 * 32 + 18) == "X86_FEATURE_(3*32+18)"       # LFENCE_RDTSC in 6.1, unused in 6.12
+    assert all(table_feature_names("6.12").names[n] == name for n, name in agreed.names.items())
 
 
 def _cap_flags_asm(cap: list[str | None], bug: list[str | None]) -> str:
@@ -206,7 +214,8 @@ def test_pv_op_alternatives_are_the_paravirt_table(tmp_path: Path) -> None:
                    for s in pv)
         assert vm.pv_mismatches() == []
         assert any("ALT_FLAG_DIRECT_CALL" in n and "5 pv calls" in n for n in vm.notes)
-        assert any(n.startswith("features: names from the kernel's x86_cap_flags (NCAPINTS 22)") for n in vm.notes)
+        assert "features: names from the kernel's x86_cap_flags, synthetic ones from the 6.12 table (NCAPINTS 22)" \
+            in vm.notes
 
 
 def test_section_size_is_checked_against_the_btf_entry(tmp_path: Path) -> None:
@@ -307,6 +316,7 @@ def test_debian_612_tables_match_section_sizes(debian612: Vmlinux) -> None:
     assert {"irq.save_fl", "irq.irq_disable", "irq.irq_enable", "mmu.read_cr2", "cpu.load_tr_desc"} <= ops
     feats = {s.feature for s in got["alternatives"]}
     assert {"X86_FEATURE_ALWAYS", "!X86_FEATURE_XENPV", "X86_FEATURE_XENPV", "X86_FEATURE_SMAP"} <= feats
+    assert not [f for f in feats if f and "(" in f]                    # every number named
     assert vm.btf is not None and btf_mod.struct_layout(vm.btf, "paravirt_patch_site") is None
 
 

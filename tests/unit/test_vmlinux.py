@@ -549,7 +549,7 @@ def test_debian_counts_match_section_sizes(debian: tuple[Vmlinux, Symbols]) -> N
     assert set(got) == set(TABLES) and vm.notes == [
         ("layouts: from BTF: struct alt_instr 12 B, struct paravirt_patch_site 16 B, struct jump_entry 16 B, "
          "struct static_call_site 8 B"),
-        "features: names from the kernel's x86_cap_flags (NCAPINTS 22), synthetic ones from the 6.1 table",
+        "features: names from the kernel's x86_cap_flags, synthetic ones from the 6.1 table (NCAPINTS 22)",
         "call_sites: no .call_sites in this kernel; table empty",
         "ibt_endbr_seal: no .ibt_endbr_seal in this kernel; table empty",
         "smp_locks: 578 zero entries of page padding at the end of section .smp_locks dropped",
