@@ -209,11 +209,14 @@ def _configure(recipe: Recipe, make: _Make, log: IO[str], log_path: Path, note: 
     if missing:
         known = kconfig_symbols(make.source.path)
         missing = kconfig.lost(merged.requested.values(), final, known=known)
-        more = f" ({len(missing) - 1} more in {log_path.name})" if len(missing) > 1 else ""
         for item in missing:
             log.write(f"patchscope: {item.message()}\n")
         log.flush()
-        raise BuildError(missing[0].message() + more, log=log_path)
+        kept = _failed_log(log_path, "config")
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(log_path, kept)
+        more = f" ({len(missing) - 1} more in {kept})" if len(missing) > 1 else ""
+        raise BuildError(missing[0].message() + more, log=kept)
     return final
 
 
@@ -246,21 +249,22 @@ def build(recipe: Recipe, note: Note | None = None, *, jobs: int | None = None,
                 _remember(request, key)
                 return Built(key, entry, cached=True, seconds=time.monotonic() - started)
             steps = _compile(make, log, log_path, note)
-        with locked(f"kernel-build-{key}", note), building(entry) as tmp:
-            shutil.copyfile(work / "arch" / "x86" / "boot" / "bzImage", tmp / "bzImage")
-            shutil.copyfile(work / "vmlinux", tmp / "vmlinux.given")
-            shutil.copyfile(work / ".config", tmp / "config")
-            shutil.copyfile(log_path, tmp / "build.log")
-            seconds = time.monotonic() - started
-            write_meta(tmp / "build.json", {
-                "key": key, "recipe": recipe.name, "tree": recipe.tree.text(), "identity": source.identity,
-                "config": recipe.config.text(), "fragments": [str(f.path) for f in recipe.fragments],
-                "compiler": compiler, "ccache": "CC=ccache gcc" in make.variables, "jobs": make.jobs,
-                "steps": steps, "seconds": round(seconds, 1)})
-            if finish is not None:
-                finish(tmp)
-        _remember(request, key)
-        return Built(key, entry, cached=False, seconds=seconds, steps=steps)
+            # still holding the work directory: nothing else may build into it before it is copied
+            with locked(f"kernel-build-{key}", note), building(entry) as tmp:
+                shutil.copyfile(work / "arch" / "x86" / "boot" / "bzImage", tmp / "bzImage")
+                shutil.copyfile(work / "vmlinux", tmp / "vmlinux.given")
+                shutil.copyfile(work / ".config", tmp / "config")
+                shutil.copyfile(log_path, tmp / "build.log")
+                seconds = time.monotonic() - started
+                write_meta(tmp / "build.json", {
+                    "key": key, "recipe": recipe.name, "tree": recipe.tree.text(), "identity": source.identity,
+                    "config": recipe.config.text(), "fragments": [str(f.path) for f in recipe.fragments],
+                    "compiler": compiler, "ccache": "CC=ccache gcc" in make.variables, "jobs": make.jobs,
+                    "steps": steps, "seconds": round(seconds, 1)})
+                if finish is not None:
+                    finish(tmp)
+    _remember(request, key)
+    return Built(key, entry, cached=False, seconds=seconds, steps=steps)
 
 
 def _compile(make: _Make, log: IO[str], log_path: Path, note: Note | None) -> int:

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from framework.build import kbuild
-from framework.build.recipe import from_arguments
-from framework.build.tree import LocalTree, kconfig_symbols, prepare_tree
-from framework.errors import BuildError, KernelRefError
+from framework.build.recipe import DebianSource, from_arguments
+from framework.build.tree import LocalTree, kconfig_symbols, prepare_tree, resolve_version
+from framework.errors import BuildError, FetchError, KernelRefError
 from tests.conftest import git
 
 # A stand-in for kbuild: "make -C SRC O=OUT [-jN] [VAR=value…] TARGET…".
@@ -150,8 +150,8 @@ def test_an_option_kconfig_drops_is_an_error_at_the_fragment_line(toolchain: Pat
     with pytest.raises(BuildError) as err:
         kbuild.build(from_arguments(str(tree), "tinyconfig", [str(frag)], tmp_path))
     assert str(err.value).startswith(f"{frag}:2: CONFIG_NEEDS_MISSING=y did not survive olddefconfig")
-    assert str(err.value).endswith("(1 more in patchscope-build.log)")
-    assert err.value.log is not None
+    assert err.value.log is not None and err.value.log.parent.name == "failed"
+    assert str(err.value).endswith(f"(1 more in {err.value.log})")
     assert "CONFIG_NOT_IN_THIS_TREE=y: this tree has no option NOT_IN_THIS_TREE" in err.value.log.read_text()
 
 
@@ -166,3 +166,20 @@ def test_a_failed_build_names_the_compiler_error_and_keeps_the_log(toolchain: Pa
     assert err.value.log is not None and err.value.log.parent.name == "failed"
     assert "make[3]: *** [scripts/Makefile.build:250: init/broken.o] Error 1" in err.value.log.read_text()
     assert not list((tmp_path / "cache" / "kernels").glob("build-*")), "a failed build leaves no cache entry"
+
+
+def test_a_debian_source_without_a_version_is_the_apt_sources_candidate(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    policy = ("linux-source-6.12:\n  Installed: (none)\n  Candidate: 6.12.117-1~deb12u1\n  Version table:\n"
+              "     6.12.117-1~deb12u1 500\n")
+    (bin_dir / "apt-cache").write_text(f"#!/bin/sh\n[ \"$1 $2\" = 'policy linux-source-6.12' ] && printf '{policy}'\n")
+    (bin_dir / "apt-cache").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    notes: list[str] = []
+    assert resolve_version(DebianSource("6.12", None), notes.append) == "6.12.117-1~deb12u1"
+    assert notes == ["debian-source:6.12 is linux-source-6.12=6.12.117-1~deb12u1"]
+    assert resolve_version(DebianSource("6.1", "6.1.192-2")) == "6.1.192-2"
+    with pytest.raises(FetchError, match="the apt sources carry no linux-source-9.9"):
+        resolve_version(DebianSource("9.9", None))
