@@ -10,7 +10,16 @@ from ..kernel.fetch import note_stderr
 from ..kernel.image import prepare_kernel
 from ..kernel.refs import BuildRef, list_recipes, load_recipe
 from .kbuild import build_info
-from .recipe import Recipe, from_arguments, load_build_recipe, parse_config, parse_tree, read_fragment, shown
+from .recipe import (
+    Recipe,
+    from_arguments,
+    load_build_recipe,
+    parse_config,
+    parse_tree,
+    read_fragment,
+    resolve,
+    shown,
+)
 
 DEFAULT_CONFIG = "tinyconfig"
 
@@ -49,7 +58,7 @@ def recipe_of(args: argparse.Namespace) -> Recipe:
         recipe = load_build_recipe(path)
     return Recipe(parse_tree(args.tree, base) if args.tree else recipe.tree,
                   parse_config(args.config, base) if args.config else recipe.config,
-                  tuple(read_fragment(base / f) for f in args.fragment) if args.fragment else recipe.fragments,
+                  tuple(read_fragment(resolve(f, base)) for f in args.fragment) if args.fragment else recipe.fragments,
                   name=recipe.name if not (args.tree or args.config or args.fragment) else None,
                   source=recipe.source)
 

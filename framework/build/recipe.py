@@ -159,8 +159,7 @@ def parse_tree(text: str, base: Path) -> Tree:
         if eq and _VERSION.fullmatch(version) is None:
             raise KernelRefError(f"tree {text!r}: {version!r} is not a Debian version")
         return DebianSource(line, version or None)
-    path = Path(text).expanduser()
-    return LocalTree(path if path.is_absolute() else base / path)
+    return LocalTree(resolve(text, base))
 
 
 def parse_config(text: str, base: Path) -> BaseConfig:
@@ -173,8 +172,7 @@ def parse_config(text: str, base: Path) -> BaseConfig:
         return PackageConfig(package, version or None)
     if _TARGET.fullmatch(text) is not None and "/" not in text:
         return MakeTarget(text)
-    path = Path(text).expanduser()
-    return ConfigFile(path if path.is_absolute() else base / path)
+    return ConfigFile(resolve(text, base))
 
 
 def read_fragment(path: Path) -> Fragment:
@@ -190,10 +188,11 @@ def read_fragment(path: Path) -> Fragment:
 def from_arguments(tree: str, config: str, fragments: Sequence[str], base: Path) -> Recipe:
     """A recipe from command-line keys; paths relative to ``base`` (the current directory)."""
     return Recipe(parse_tree(tree, base), parse_config(config, base),
-                  tuple(read_fragment(_resolve(f, base)) for f in fragments))
+                  tuple(read_fragment(resolve(f, base)) for f in fragments))
 
 
-def _resolve(text: str, base: Path) -> Path:
+def resolve(text: str, base: Path) -> Path:
+    """A path as written (``~`` expanded), relative ones against ``base``."""
     path = Path(text).expanduser()
     return path if path.is_absolute() else base / path
 
@@ -230,7 +229,7 @@ def load_build_recipe(path: Path) -> Recipe:
     fragments = []
     for text, line in cast(tuple[tuple[str, int | None], ...], values.get("fragments", ())):
         try:
-            fragments.append(read_fragment(_resolve(text, path.parent)))
+            fragments.append(read_fragment(resolve(text, path.parent)))
         except KernelRefError as err:
             raise ConfigError(path, line, str(err)) from None
     return Recipe(tree, config, tuple(fragments), name=path.stem, source=path)
