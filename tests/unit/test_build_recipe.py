@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from framework.build.buildlog import first_error, step
+from framework.build.kconfig import parse
 from framework.build.recipe import (
     ConfigFile,
     DebianSource,
@@ -129,3 +130,12 @@ def test_the_debug_recipe_adds_dwarf_and_btf_to_the_tiny_one() -> None:
     assert debug.tree == tiny.tree and debug.config == tiny.config
     assert debug.fragments[0] == tiny.fragments[0]
     assert "CONFIG_DEBUG_INFO_BTF=y" in debug.fragments[1].text
+
+
+def test_every_shipped_fragment_is_strict_kconfig_with_a_header() -> None:
+    fragments = sorted((REPO / "kernels" / "fragments").glob("*.config"))
+    assert {f.name for f in fragments} >= {"patchscope.config", "debug-info.config", "xen-dom0.config"}
+    for fragment in fragments:
+        text = fragment.read_text()
+        assert parse(text, str(fragment)), fragment          # strict: any other line is an error
+        assert text.startswith("# "), f"{fragment}: say what it is for in a comment first"
