@@ -160,9 +160,8 @@ class _Make:
             log.flush()
 
 
-def _fail(what: str, log_path: Path, kept: Path) -> BuildError:
-    kept.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(log_path, kept)
+def _fail(what: str, log_path: Path, step: str) -> BuildError:
+    kept = _keep(log_path, step)
     with open(kept, errors="replace") as fh:
         error = buildlog.first_error(fh)
     return BuildError(f"{what} failed: {error or 'see the log'}; the whole log is {kept}", log=kept)
@@ -173,7 +172,7 @@ def _base_config(recipe: Recipe, make: _Make, log: IO[str], log_path: Path, note
     dot = make.work / ".config"
     if isinstance(config, MakeTarget):
         if make.run([config.target], log) != 0:
-            raise _fail(f"make {config.target}", log_path, _failed_log(log_path, "config"))
+            raise _fail(f"make {config.target}", log_path, "config")
         return dot.read_text()
     if isinstance(config, PackageConfig):
         deb = apt_download(DebianRef(config.package, config.version, config.text()), note)
@@ -188,9 +187,13 @@ def _base_config(recipe: Recipe, make: _Make, log: IO[str], log_path: Path, note
         raise ImageError(f"{config.path}: cannot read this base config: {err.strerror or err}") from None
 
 
-def _failed_log(log_path: Path, what: str) -> Path:
+def _keep(log_path: Path, step: str) -> Path:
+    """A copy of the work directory's log under builds/failed/, which the next build cannot overwrite."""
     stamp = time.strftime("%Y%m%dT%H%M%S")
-    return cache_dir() / "builds" / "failed" / f"{stamp}-{what}-{log_path.parent.name}.log"
+    kept = cache_dir() / "builds" / "failed" / f"{stamp}-{step}-{log_path.parent.name}.log"
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(log_path, kept)
+    return kept
 
 
 def _configure(recipe: Recipe, make: _Make, log: IO[str], log_path: Path, note: Note | None) -> str:
@@ -203,7 +206,7 @@ def _configure(recipe: Recipe, make: _Make, log: IO[str], log_path: Path, note: 
             note(line)
     (make.work / ".config").write_text(merged.text)
     if make.run(["olddefconfig"], log) != 0:
-        raise _fail("make olddefconfig", log_path, _failed_log(log_path, "config"))
+        raise _fail("make olddefconfig", log_path, "config")
     final = (make.work / ".config").read_text()
     missing = kconfig.lost(merged.requested.values(), final)
     if missing:
@@ -212,9 +215,7 @@ def _configure(recipe: Recipe, make: _Make, log: IO[str], log_path: Path, note: 
         for item in missing:
             log.write(f"patchscope: {item.message()}\n")
         log.flush()
-        kept = _failed_log(log_path, "config")
-        kept.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(log_path, kept)
+        kept = _keep(log_path, "config")
         more = f" ({len(missing) - 1} more in {kept})" if len(missing) > 1 else ""
         raise BuildError(missing[0].message() + more, log=kept)
     return final
@@ -283,7 +284,7 @@ def _compile(make: _Make, log: IO[str], log_path: Path, note: Note | None) -> in
         note(f"building {' '.join(TARGETS)} with make -j{make.jobs}"
              + (" and ccache" if "CC=ccache gcc" in make.variables else "") + f" (log: {log_path})")
     if make.run(TARGETS, log, progress) != 0:
-        raise _fail("the kernel build", log_path, _failed_log(log_path, "build"))
+        raise _fail("the kernel build", log_path, "build")
     if note:
         note(f"built in {_duration(time.monotonic() - started)} ({steps[0]:,} steps)")
     return steps[0]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from ..build.recipe import Recipe, load_build_recipe
+from ..build.recipe import Recipe, load_build_recipe, resolve
 from ..errors import ConfigError, KernelRefError
 
 # Debian package names (policy 5.6.1) and versions (5.6.12), loosely.
@@ -208,10 +208,7 @@ def _parse_path(spec: str, text: str, base: Path | None) -> PathRef:
 
 
 def _resolve(value: str, base: Path | None) -> Path:
-    path = Path(value).expanduser()
-    if not path.is_absolute():
-        path = (base or Path.cwd()) / path
-    return path
+    return resolve(value, base or Path.cwd())
 
 
 _RECIPE_KEYS = {"description", "kind", "package", "version"}
