@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_parsers(sub)
     from .build.commands import add_parser as add_build_parser
     add_build_parser(sub)
+    from .bisect.commands import add_parsers as add_bisect_parsers
+    add_bisect_parsers(sub)
 
     kernels = sub.add_parser("kernels", help="list or fetch kernels")
     ksub = kernels.add_subparsers(dest="kcommand", required=True, metavar="ACTION")
@@ -135,6 +137,9 @@ def _machine_options(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:1] == ["bisect-step"]:
+        return _bisect_step(words)
     args = build_parser().parse_args(argv)
     previous = signal.signal(signal.SIGTERM, _sigterm)
     # Ctrl-C must stop QEMU and keep the artefacts even when patchscope was started with SIGINT
@@ -150,9 +155,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"patchscope: error: {where}{err.strerror or err}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        what = "make stopped, its log kept" if args.command == "build" else "QEMU stopped, artefacts kept"
+        what = {"build": "make stopped, its log kept",
+                "bisect": "the bisect stopped, its record kept (your tree was never touched)"}.get(
+                    args.command, "QEMU stopped, artefacts kept")
         print(f"patchscope: interrupted; {what}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
+
+
+def _bisect_step(words: list[str]) -> int:
+    """``bisect-step`` under ``git bisect run``: whatever goes wrong, never an exit code git would read as "bad"
+    (1-127 but 125). Unusable arguments abort the bisect (128); anything unforeseen is "cannot test" (125)."""
+    from .bisect.commands import STEP_ABORT, STEP_SKIP
+    try:
+        args = build_parser().parse_args(words)
+    except SystemExit as done:
+        return 0 if done.code == 0 else STEP_ABORT       # --help is 0; a usage error aborts the bisect
+    previous = signal.signal(signal.SIGTERM, _sigterm)
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        print("patchscope: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as err:  # noqa: BLE001  (a step must end in 0, 1, 125 or an abort, never a traceback's 1)
+        print(f"patchscope: bisect-step: cannot test: {type(err).__name__}: {err}", file=sys.stderr)
+        return STEP_SKIP
     finally:
         signal.signal(signal.SIGTERM, previous)
         signal.signal(signal.SIGINT, previous_int)
@@ -176,6 +206,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "build":
         from .build.commands import cmd_build
         return cmd_build(args)
+    if args.command in ("bisect", "bisect-step"):
+        from .bisect import commands as bisect
+        return bisect.cmd_bisect(args) if args.command == "bisect" else bisect.cmd_bisect_step(args)
     if args.command in ("matrix", "report"):
         from .matrix import commands  # the matrix's modules load only when asked for
         return commands.cmd_matrix(args) if args.command == "matrix" else commands.cmd_report(args)

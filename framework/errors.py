@@ -11,12 +11,14 @@ did not meet its expectation is not an exception: it is a verdict.
      │    ├── BuildError            (build/) a kernel tree that does not configure or compile
      │    ├── ConfigError           a YAML test config: file, line, reason
      │    ├── KernelRefError        a kernel/hypervisor reference that names nothing usable
+     │    ├── Stopped               (bisect/driver.py) a bisect's ends do not behave as ends
      │    ├── ImageError            a kernel image or vmlinux that cannot be read
      │    ├── ArtefactError         (report/) a saved run that cannot be read: damaged, or a newer format
      │    └── UnsupportedError      a feature that is not implemented (yet)
      └── InfrastructureError        the machine cannot do what was asked
           ├── ToolMissingError      qemu-system-x86_64, gdb, apt-get … not installed
           ├── FetchError            apt-get download / package extraction failed
+          ├── GitError              (bisect/gittree.py) git refused what a bisect needs
           ├── LaunchError           QEMU did not start, or died before the guest ran
           │    └── QMPError         (qmp.py) QMP refused a command or the connection broke
           └── DebuggerError         (debugger/contract.py) a debugger failed, was refused, or lost the target

@@ -149,24 +149,30 @@ def newest(candidates: Mapping[str, str]) -> tuple[str, str] | None:
     return best
 
 
-def resolve_newest(ref: NewestRef, note: Callable[[str], None] | None = None) -> DebianRef:
-    """The exact package and version ``ref`` names today, asked of the host's apt sources."""
+def apt_candidates(prefix: str, matches: Callable[[str], bool]) -> tuple[dict[str, str], list[str]]:
+    """Package -> candidate version for every package named ``prefix…`` that ``matches``, from the apt sources;
+    and the last command run (for an error message)."""
     if shutil.which("apt-cache") is None:
         raise ToolMissingError("apt-cache", "apt")
-    prefix = f"linux-image-{ref.line}"
     cmd = ["apt-cache", "pkgnames", prefix]
     proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
-    names = sorted(n for n in proc.stdout.split() if ref.matches(n))
-    found: dict[str, str] = {}
-    if names:
-        cmd = ["apt-cache", "policy", *names]
-        proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
-        found = parse_policy(proc.stdout)
+    names = sorted(n for n in proc.stdout.split() if matches(n))
+    if not names:
+        return {}, cmd
+    cmd = ["apt-cache", "policy", *names]
+    proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
+    return parse_policy(proc.stdout), cmd
+
+
+def resolve_newest(ref: NewestRef, note: Callable[[str], None] | None = None) -> DebianRef:
+    """The exact package and version ``ref`` names today, asked of the host's apt sources."""
+    prefix = f"linux-image-{ref.line}"
+    found, cmd = apt_candidates(prefix, ref.matches)
     best = newest(found)
     if best is None:
         raise FetchError(f"{ref.text}: the apt sources carry no {prefix}.*-{ref.flavour} package with a candidate "
                          "version; check the line with 'apt-cache pkgnames " + prefix + "', and run 'apt-get update' "
-                         "(as root) if the package lists are empty", cmd, proc.stderr)
+                         "(as root) if the package lists are empty", cmd, "")
     if note:
         note(f"{ref.text} is {best[0]}={best[1]}")
     return DebianRef(package=best[0], version=best[1], text=ref.text)

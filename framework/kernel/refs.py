@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from ..build.recipe import Recipe, load_build_recipe, resolve
+from ..debversion import compare_debian_versions
 from ..errors import ConfigError, KernelRefError
 
 # Debian package names (policy 5.6.1) and versions (5.6.12), loosely.
@@ -134,54 +135,6 @@ def _parse_newest(spec: str, text: str) -> NewestRef:
     if re.fullmatch(r"[a-z0-9]+(?:-[a-z0-9]+)*", flavour) is None:
         raise KernelRefError(f"{text!r}: {flavour!r} is not a kernel flavour such as amd64 or cloud-amd64")
     return NewestRef(line=line, flavour=flavour, text=text)
-
-
-def compare_debian_versions(a: str, b: str) -> int:
-    """-1, 0 or 1 as dpkg orders the versions ``a`` and ``b`` (epoch, upstream, revision; ~ sorts first)."""
-    def split(version: str) -> tuple[int, str, str]:
-        epoch, colon, rest = version.partition(":")
-        if not colon:
-            epoch, rest = "0", version
-        upstream, dash, revision = rest.rpartition("-")
-        if not dash:
-            upstream, revision = rest, "0"
-        return int(epoch or 0), upstream, revision
-
-    ea, ua, ra = split(a)
-    eb, ub, rb = split(b)
-    if ea != eb:
-        return -1 if ea < eb else 1
-    return _dpkg_compare(ua, ub) or _dpkg_compare(ra, rb)
-
-
-def _order(c: str) -> int:
-    if c == "~":
-        return -1
-    if c.isalpha():
-        return ord(c)
-    return ord(c) + 256
-
-
-def _dpkg_compare(a: str, b: str) -> int:
-    i = j = 0
-    while i < len(a) or j < len(b):
-        # the non-digit parts, character by character; the end of a part sorts after '~' only
-        while (i < len(a) and not a[i].isdigit()) or (j < len(b) and not b[j].isdigit()):
-            ca = _order(a[i]) if i < len(a) and not a[i].isdigit() else 0
-            cb = _order(b[j]) if j < len(b) and not b[j].isdigit() else 0
-            if ca != cb:
-                return -1 if ca < cb else 1
-            i += 1
-            j += 1
-        da = re.match(r"\d*", a[i:])
-        db = re.match(r"\d*", b[j:])
-        na = int(da.group() or 0) if da else 0
-        nb = int(db.group() or 0) if db else 0
-        if na != nb:
-            return -1 if na < nb else 1
-        i += len(da.group()) if da else 0
-        j += len(db.group()) if db else 0
-    return 0
 
 
 def _parse_debian(spec: str, text: str) -> DebianRef:

@@ -78,6 +78,9 @@ def _href(path: str) -> str:
     return _e(quote(path.lstrip("/").replace("\\", "/"), safe="/-._~"))
 
 
+escape, href = _e, _href      # for the other pages in this style (the bisect's)
+
+
 def _short(text: str, limit: int) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"

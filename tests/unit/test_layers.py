@@ -20,10 +20,13 @@ PACKAGE = REPO / "framework"
 PURE = ("framework.domain", "framework.errors", "framework.yamlnode", "framework.config", "framework.scenario",
         "framework.elf", "framework.analysis", "framework.verdict", "framework.report", "framework.guest.markers",
         "framework.matrix.spec", "framework.matrix.plan", "framework.matrix.results", "framework.matrix.junit",
-        "framework.matrix.html", "framework.build.kconfig", "framework.build.recipe", "framework.build.buildlog")
+        "framework.matrix.html", "framework.build.kconfig", "framework.build.recipe", "framework.build.buildlog",
+        "framework.debversion", "framework.bisect.signature", "framework.bisect.steps", "framework.bisect.search",
+        "framework.bisect.debian", "framework.bisect.driver", "framework.bisect.record", "framework.bisect.html")
 EDGES = ("framework.vm", "framework.debugger", "framework.observe", "framework.kernel", "framework.guest.initramfs",
          "framework.pipeline", "framework.cli", "framework.pytest_plugin", "framework.matrix.runner",
-         "framework.matrix.commands", "framework.build.tree", "framework.build.kbuild", "framework.build.commands")
+         "framework.matrix.commands", "framework.build.tree", "framework.build.kbuild", "framework.build.commands",
+         "framework.bisect.gittree", "framework.bisect.runner", "framework.bisect.commands")
 PROCESS_LIBRARIES = ("subprocess", "socket", "threading", "pexpect", "pygdbmi")
 
 
