@@ -13,6 +13,8 @@ from typing import Any
 import pexpect
 import pytest
 
+from tests.bisect_series import git  # noqa: F401  (the tests' git, with a fixed identity)
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -57,14 +59,6 @@ def write_config(tmp_path: Path, name: str, body: str) -> Path:
     mode = "" if "mode:" in body else "mode: native\n"
     path.write_text(f"name: {name}\n{mode}" + body)
     return path
-
-
-def git(tree: Path, *args: str) -> str:
-    """git in ``tree`` with a fixed identity; its output, stripped."""
-    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.invalid", GIT_COMMITTER_NAME="t",
-               GIT_COMMITTER_EMAIL="t@example.invalid")
-    return subprocess.run(["git", "-C", str(tree), *args], capture_output=True, text=True, check=True,
-                          env=env).stdout.strip()
 
 
 @pytest.fixture

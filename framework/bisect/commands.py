@@ -19,6 +19,7 @@ its own input is unusable at every commit, and 130 on Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import gzip
 import hashlib
@@ -45,7 +46,7 @@ from . import html
 from .debian import DebianSubject, Package, between, first_changelog_entry, flavour
 from .driver import Candidate, Stopped, Subject
 from .driver import run as run_bisect
-from .gittree import GitSubject, clone_of, commit_of, describe, git, toplevel
+from .gittree import GitSubject, clone_of, commit_of, describe, git, in_use, toplevel
 from .record import Record, summary, table
 from .runner import StepTester
 from .search import expected_steps
@@ -169,10 +170,14 @@ def _package(text: str, option: str, carried: dict[str, str] | None) -> Package:
     return Package(ref.package, version)
 
 
+def _flavour_of(text: str) -> str | None:
+    ref = parse_ref(text)
+    return ref.flavour if isinstance(ref, NewestRef) else flavour(ref.package) if isinstance(ref, DebianRef) else None
+
+
 def _debian_subject(good_text: str, bad_text: str) -> tuple[DebianSubject, list[Package]]:
-    ref = parse_ref(good_text)
-    wanted = ref.flavour if isinstance(ref, NewestRef) else flavour(ref.package) if isinstance(ref, DebianRef) else None
-    carried, _ = apt_candidates("linux-image-", lambda n: flavour(n) == (wanted or "amd64"))
+    wanted = {_flavour_of(good_text) or "amd64", _flavour_of(bad_text) or "amd64"}
+    carried, _ = apt_candidates("linux-image-", lambda n: flavour(n) in wanted)
     good, bad = _package(good_text, "--good", carried), _package(bad_text, "--bad", carried)
     packages = between(good, bad, carried)
     return DebianSubject(packages, _changelog), packages
@@ -300,7 +305,8 @@ def cmd_bisect(args: argparse.Namespace) -> int:
     tester = StepTester(cfg, mode, out, runs, most, prepare, note)
     started = time.monotonic()
     try:
-        run_bisect(subject, tester, record, verify_revert=args.verify_revert, progress=note, saved=save)
+        with in_use(git_subject.tree) if git_subject is not None else contextlib.nullcontext():
+            run_bisect(subject, tester, record, verify_revert=args.verify_revert, progress=note, saved=save)
     except Stopped as err:
         record.meta["duration_s"] = round(time.monotonic() - started, 1)
         save(record)
@@ -363,10 +369,11 @@ def cmd_bisect_step(args: argparse.Namespace) -> int:
     try:
         head = commit_of(top, "HEAD", "HEAD")
         out: Path = args.artifacts or Path("patchscope-out") / "bisect-step" / f"{cfg.name}-{mode}"
-        signature = _step_signature(top, cfg, mode, recipe, runs, most, out, note)
-        tester = StepTester(cfg, mode, out / head[:12], runs, most,
-                            _build_prepare(recipe, lambda c: top, note), note)
-        step = tester("step", Candidate(describe(top, head), head), signature)
+        with in_use(top):
+            signature = _step_signature(top, cfg, mode, recipe, runs, most, out, note)
+            tester = StepTester(cfg, mode, out / head[:12], runs, most,
+                                _build_prepare(recipe, _step_tree(top), note), note)
+            step = tester("step", Candidate(describe(top, head), head), signature)
     except _Abort as err:
         print(f"patchscope: error: {err} (bisect-step exits {STEP_ABORT}: git bisect run stops)", file=sys.stderr)
         return STEP_ABORT
@@ -375,6 +382,18 @@ def cmd_bisect_step(args: argparse.Namespace) -> int:
         return STEP_SKIP
     print(f"bisect-step {step.label}: {step.decision}" + (" (flaky)" if step.flaky else "") + f": {step.why}")
     return {"good": STEP_GOOD, "bad": STEP_BAD, "skip": STEP_SKIP}[step.decision]
+
+
+def _step_tree(top: Path) -> Callable[[Candidate], Path]:
+    """Where bisect-step builds the checked-out commit: patchscope's clone of the tree at that commit (the same
+    work directory and ccache as ``bisect --tree``), or the tree itself when it has uncommitted changes."""
+    def tree(c: Candidate) -> Path:
+        if git(top, "status", "--porcelain", "--untracked-files=no").stdout.strip():
+            return top
+        clone = clone_of(top)
+        git(clone, "checkout", "--quiet", "--force", "--detach", c.ref)
+        return clone
+    return tree
 
 
 class _Abort(PatchscopeError):

@@ -12,8 +12,8 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from ..errors import KernelRefError
 from ..debversion import compare_debian_versions
+from ..errors import KernelRefError
 from .driver import Candidate, Found
 from .search import ListBisection
 

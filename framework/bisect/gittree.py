@@ -12,10 +12,12 @@ ever written there.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +26,10 @@ from ..kernel.fetch import cache_dir, locked
 from .driver import Candidate, Found
 from .search import git_bisect_said
 
-IDENTITY = ("-c", "user.name=patchscope", "-c", "user.email=patchscope@localhost")
+# Every git call: a fixed identity (a revert commits in the clone), no automatic gc, and no opportunistic write
+# of the index (``git status`` refreshes it otherwise: in the user's tree, that would be a write).
+IDENTITY = ("--no-optional-locks", "-c", "user.name=patchscope", "-c", "user.email=patchscope@localhost",
+            "-c", "gc.auto=0")
 
 
 class GitError(InfrastructureError):
@@ -79,11 +84,20 @@ def message(tree: Path, commit: str) -> str:
                commit).stdout.rstrip()
 
 
+def slot(tree: Path) -> str:
+    """The name of the clone of the checkout ``tree`` (and of its locks)."""
+    return hashlib.sha256(str(toplevel(tree).resolve()).encode()).hexdigest()[:12]
+
+
+def in_use(tree: Path) -> contextlib.AbstractContextManager[None]:
+    """Held while a bisect (or a bisect-step) uses the clone: two never check out in it at once."""
+    return locked(f"bisect-run-{slot(tree)}", lambda m: print(f"patchscope: {m}", file=sys.stderr))
+
+
 def clone_of(tree: Path) -> Path:
     """patchscope's clone of ``tree``, made or brought up to date; ``tree`` itself is only read."""
     top = toplevel(tree).resolve()
-    slot = hashlib.sha256(str(top).encode()).hexdigest()[:12]
-    clone = cache_dir() / "bisect" / "clones" / slot
+    clone = cache_dir() / "bisect" / "clones" / slot(top)
     refspecs = ("+refs/heads/*:refs/remotes/user/heads/*", "+refs/tags/*:refs/tags/*", "+HEAD:refs/remotes/user/HEAD")
     if not (clone / ".git").is_dir():
         if clone.exists():
@@ -126,7 +140,7 @@ class GitSubject:
                 raise KernelRefError(f"--good {good} comes after --bad {bad}: give the older commit as --good (swap them)")
             raise KernelRefError(f"--good {good} is not an ancestor of --bad {bad}: the range is not ordered; "
                                  "give a --good that --bad's history contains")
-        with locked("bisect-clone-" + hashlib.sha256(str(top.resolve()).encode()).hexdigest()[:12]):
+        with locked(f"bisect-clone-{slot(top)}"):
             clone = clone_of(top)
         return GitSubject(top, clone, good_c, bad_c)
 

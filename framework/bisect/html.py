@@ -60,10 +60,10 @@ def _page(r: Record, base: Path | None) -> Iterator[str]:
     yield f"<title>{escape(title)}</title><style>{CSS}{BISECT_CSS}</style></head><body>"
     yield f"<h1>{escape(title)}</h1>"
     yield '<dl class="meta">'
+    span = f"{r.untested} candidates between the ends, ⌈log2 {r.untested + 1}⌉ = {r.expected_steps} steps expected"
     for label, value in (("config", r.config), ("over", f"{r.over}" + (f" tree {r.tree}" if r.tree else "")),
                          ("recipe", r.recipe), ("runs per step", f"{r.runs} (up to {r.max_runs} when they disagree)"),
-                         ("range", f"{r.untested} candidates between the ends, ⌈log2 {r.untested + 1}⌉ = "
-                                   f"{r.expected_steps} steps expected"),
+                         ("range", span),
                          ("signature", "; ".join(r.signature) or "not yet known"),
                          ("started", r.meta.get("started")), ("duration", duration(float(str(r.meta["duration_s"])))
                                                               if "duration_s" in r.meta else None)):
@@ -72,8 +72,8 @@ def _page(r: Record, base: Path | None) -> Iterator[str]:
     yield "</dl>"
     yield from _result(r)
     yield "<h2>Steps</h2>"
-    yield '<table class="steps"><tr><th>#</th><th>what</th><th>kernel or commit</th><th>verdict</th><th>failure</th>' \
-          "<th>runs</th><th>time</th><th>artefacts</th></tr>"
+    yield ('<table class="steps"><tr><th>#</th><th>what</th><th>kernel or commit</th><th>verdict</th><th>failure</th>'
+           "<th>runs</th><th>time</th><th>artefacts</th></tr>")
     for i, s in enumerate(r.steps, 1):
         yield from _row(i, s, r, base)
     yield "</table>"

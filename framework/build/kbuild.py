@@ -82,6 +82,25 @@ def _check_tools() -> None:
             raise ToolMissingError(tool, package)
 
 
+OWN_OBJTREE = ".patchscope-build"
+
+
+def owned(tree: Path) -> bool:
+    """Is ``tree`` one of patchscope's own (an unpacked Debian source, a bisect's clone), never the user's?"""
+    cache = cache_dir().resolve()
+    return any(tree.resolve().is_relative_to(cache / sub) for sub in ("sources", "bisect/clones"))
+
+
+def work_dir(tree: Path, slot: str) -> Path:
+    """Where ``tree`` builds. In a tree of patchscope's own, its subdirectory ``.patchscope-build``: kbuild then
+    names every source relative to it (``srctree := ..``), so the compiler's arguments are the same whatever
+    the tree's path and ccache serves a bisect's clone from the Debian source's build (``.*`` is in the kernel's
+    .gitignore: git does not see it). A user's tree is never written: it builds in the cache."""
+    if owned(tree):
+        return tree / OWN_OBJTREE
+    return cache_dir() / "builds" / "work" / slot
+
+
 def entry_dir(key: str) -> Path:
     return cache_dir() / "kernels" / f"build-{key}"
 
@@ -121,8 +140,9 @@ class _Make:
         self.variables: list[str] = []
         if shutil.which("ccache") is not None:
             self.variables.append("CC=ccache gcc")
-            # A tree always builds in the same work directory, so the absolute paths kbuild gives
-            # the compiler stay the same from build to build, and ccache hits without base_dir.
+            # A tree always builds in the same work directory, so the paths kbuild gives the compiler
+            # stay the same from build to build (relative ones in patchscope's own trees: work_dir),
+            # and ccache hits without base_dir.
             self.env.setdefault("CCACHE_DIR", str(cache_dir() / "ccache"))
 
     def command(self, *targets: str) -> list[str]:
@@ -233,7 +253,7 @@ def build(recipe: Recipe, note: Note | None = None, *, jobs: int | None = None,
     if known is not None:
         return Built(known, entry_dir(known), cached=True, seconds=time.monotonic() - started)
     slot = hashlib.sha256(str(source.path).encode()).hexdigest()[:12]
-    work = cache_dir() / "builds" / "work" / slot
+    work = work_dir(source.path, slot)
     with locked(f"build-work-{slot}", note):
         work.mkdir(parents=True, exist_ok=True)
         log_path = work / "patchscope-build.log"

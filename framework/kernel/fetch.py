@@ -28,8 +28,9 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from ..debversion import compare_debian_versions
 from ..errors import FetchError, ImageError, ToolMissingError
-from .refs import DebianRef, NewestRef, compare_debian_versions
+from .refs import DebianRef, NewestRef
 
 
 def cache_dir() -> Path:

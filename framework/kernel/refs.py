@@ -25,7 +25,6 @@ from pathlib import Path
 import yaml
 
 from ..build.recipe import Recipe, load_build_recipe, resolve
-from ..debversion import compare_debian_versions
 from ..errors import ConfigError, KernelRefError
 
 # Debian package names (policy 5.6.1) and versions (5.6.12), loosely.

@@ -109,6 +109,8 @@ def git_tree(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert (source / "Makefile").exists(), info
     tree = tmp_path_factory.mktemp("git") / "linux"
     subprocess.run(["cp", "-al", str(source), str(tree)], check=True)
+    # the source's own build directory (kbuild.work_dir) is not part of the tree, and its hard links must go
+    subprocess.run(["rm", "-rf", str(tree / ".patchscope-build")], check=True)
     # Debian's source package ignores everything at the top level ("/*"): a kernel checkout does not
     ignore = tree / ".gitignore"
     replace(ignore, ignore.read_text().split("# Debian packaging")[0])

@@ -4,7 +4,9 @@ the driver with fake steps (ends, skips, flakes, verification), and the record's
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -20,9 +22,11 @@ from framework.bisect.signature import Signature, classify, facet, facets
 from framework.bisect.steps import confidence, decide, needs_more
 from framework.config.schema import parse_config
 from framework.errors import KernelRefError
+from framework.matrix.plan import Cell
+from framework.matrix.results import CellResult, MatrixResults
 from framework.pipeline import check
 from framework.report.result import RunResult
-from tests.conftest import REPO
+from tests.conftest import REPO, patchscope
 
 RUNS = REPO / "tests" / "data" / "runs"
 
@@ -74,8 +78,8 @@ def test_console_facets_name_the_pattern_not_the_line() -> None:
 
 @pytest.mark.parametrize(("reason", "expected"), [
     ("expected outcome 'boots', got 'hangs': hung after 'Run /init': no output for 60 s", "hang: after 'Run /init'"),
-    ("crash at console line 812: WARNING: CPU: 1 PID: 7 at kernel/x.c:99 f+0x1/0x2 (fatal); allow it with "
-     "expect.allow_crashes if it is expected", "crash: WARNING: CPU: N PID: N at kernel/x.c:N f+X/X"),
+    (("crash at console line 812: WARNING: CPU: 1 PID: 7 at kernel/x.c:99 f+0x1/0x2 (fatal); allow it with "
+      "expect.allow_crashes if it is expected"), "crash: WARNING: CPU: N PID: N at kernel/x.c:N f+X/X"),
     ("3 pv sites not patched at after-patching (at most 0 allowed): a at b (0xffffffff81000000): still call *pv_ops",
      "sites: pv sites not patched at after-patching"),
     ("expect.sites (line 9) op=irq.save_fl at after-patching: 2 of 40 sites not 'pushf; pop %rax': x: 'cli'",
@@ -335,3 +339,45 @@ def test_the_record_table_json_and_page_show_every_step_escaped() -> None:
     assert "<script>" not in page and "&lt;script&gt;" in page
     assert page.count('<tr class="step') == len(r.steps)
     assert 'data-verified="true"' in page and "Content-Security-Policy" in page
+
+
+# --- the command line: bad input is one line and exit 2, before anything boots ------------------------
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--good", "debian:linux-image-6.1.0-57-amd64", "--bad", "debian:linux-image-6.1.0-47-amd64"),
+     r"--good linux-image-6\.1\.0-57-amd64 6\.1\.192-3 is newer than --bad .*swap them"),
+    (("--good", "debian:linux-image-6.1.0-999-amd64", "--bad", "debian:linux-image-6.1.0-57-amd64"),
+     r"--good debian:linux-image-6\.1\.0-999-amd64: the apt sources carry no linux-image-6\.1\.0-999-amd64"),
+    (("--good", "path:/boot/vmlinuz", "--bad", "debian:linux-image-6.1.0-57-amd64"),
+     r"a Debian bisect goes between Debian kernel packages"),
+    (("--good", "debian:linux-image-6.1.0-47-amd64", "--bad", "debian:linux-image-6.1.0-50-cloud-amd64"),
+     r"different flavours"),
+    (("--good", "v1", "--bad", "v2", "--tree", "/nonexistent"), r"--tree and --recipe go together"),
+    (("--good", "v1", "--bad", "v2", "--tree", "/nonexistent", "--recipe", "tiny-6.1"), r"--tree /nonexistent: no such"),
+    (("--good", "v1", "--bad", "v2", "--tree", "/", "--recipe", "tiny-6.1"), r"--tree /: not a git checkout"),
+    (("--good", "debian-6.1", "--bad", "debian:linux-image-6.1.0-57-amd64", "--runs", "0"), r"--runs 0"),
+    (("--good", "debian-6.1", "--verify-revert", "--bad", "debian:linux-image-6.1.0-57-amd64"), r"needs --tree"),
+    (("--from", "/nonexistent", "--good", "debian-6.1"), r"--from needs --cell"),
+])
+def test_bad_bisect_input_is_one_line_and_exit_2(args: tuple[str, ...], message: str, tmp_path: Path) -> None:
+    res = patchscope("bisect", "configs/boot-native.yaml", *args, "--artifacts", str(tmp_path / "out"))
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert res.stderr.count("\n") == 1 and re.search(message, res.stderr), res.stderr
+    assert not (tmp_path / "out" / "steps").exists() or not any((tmp_path / "out" / "steps").iterdir())
+
+
+def test_from_a_matrix_cell_that_passed_there_is_nothing_to_bisect(tmp_path: Path) -> None:
+    cell = Cell("boot-native", "debian-6.1", "native")
+    results = MatrixResults("m", "m.yaml", "d", (cell.id,), (CellResult(cell, "pass"),)).to_json()
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    for cell, message in (("boot-native/debian-6.1/native", "state is pass, not fail"),
+                          ("nope[x-native]", "no such cell .* its failing cells: none")):
+        res = patchscope("bisect", "--from", str(tmp_path), "--cell", cell, "--good", "debian-6.1")
+        assert res.returncode == 2 and re.search(message, res.stderr), res.stderr
+
+
+def test_bisect_step_never_exits_with_a_code_git_bisect_run_reads_as_bad(tmp_path: Path) -> None:
+    for args in (("--bogus",), ("configs/boot-native.yaml",), ("nonexistent.yaml", "--recipe", "tiny-6.1"),
+                 ("configs/boot-native.yaml", "--recipe", "tiny-6.1", "--tree", str(tmp_path))):
+        res = patchscope("bisect-step", *args)
+        assert res.returncode == 128, (args, res.returncode, res.stderr)

@@ -183,3 +183,16 @@ def test_a_debian_source_without_a_version_is_the_apt_sources_candidate(tmp_path
     assert resolve_version(DebianSource("6.1", "6.1.192-2")) == "6.1.192-2"
     with pytest.raises(FetchError, match="the apt sources carry no linux-source-9.9"):
         resolve_version(DebianSource("9.9", None))
+
+
+def test_patchscopes_own_trees_build_in_a_subdirectory_and_a_users_tree_never(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATCHSCOPE_CACHE", str(tmp_path / "cache"))
+    own = tmp_path / "cache" / "sources" / "linux-source-6.1_6.1.192-2"
+    clone = tmp_path / "cache" / "bisect" / "clones" / "0123456789ab"
+    user = tmp_path / "src" / "linux"
+    for tree in (own, clone, user):
+        tree.mkdir(parents=True)
+    assert kbuild.work_dir(own, "s") == own / ".patchscope-build"
+    assert kbuild.work_dir(clone, "s") == clone / ".patchscope-build"
+    assert kbuild.work_dir(user, "s") == tmp_path / "cache" / "builds" / "work" / "s"

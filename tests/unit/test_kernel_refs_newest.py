@@ -17,11 +17,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from framework.config import Requires, parse_config, to_yaml_dict
+from framework.debversion import compare_debian_versions
 from framework.domain import TABLES
 from framework.elf.vmlinux import upstream_version
 from framework.errors import ConfigError, ImageError, KernelRefError
 from framework.kernel.fetch import newest, parse_policy
-from framework.kernel.refs import NewestRef, compare_debian_versions, parse_ref
+from framework.kernel.refs import NewestRef, parse_ref
 from framework.matrix.runner import check_kernel
 
 REPO_KERNELS = Path(__file__).resolve().parents[2] / "kernels"
