@@ -99,6 +99,7 @@ def clone_of(tree: Path) -> Path:
     top = toplevel(tree).resolve()
     clone = cache_dir() / "bisect" / "clones" / slot(top)
     refspecs = ("+refs/heads/*:refs/remotes/user/heads/*", "+refs/tags/*:refs/tags/*", "+HEAD:refs/remotes/user/HEAD")
+    _forget_orphans(clone.parent)
     if not (clone / ".git").is_dir():
         if clone.exists():
             shutil.rmtree(clone)
@@ -111,6 +112,19 @@ def clone_of(tree: Path) -> Path:
         (clone / ".git" / "patchscope-origin").write_text(f"{top}\n")
     git(clone, "fetch", "--quiet", "--force", "--no-tags", str(top), *refspecs)
     return clone
+
+
+def _forget_orphans(clones: Path) -> None:
+    """Delete the clones of trees that are gone (a clone is a whole checkout and its builds: gigabytes)."""
+    if not clones.is_dir():
+        return
+    for origin in clones.glob("*/.git/patchscope-origin"):
+        try:
+            tree = Path(origin.read_text().strip())
+        except OSError:
+            continue
+        if not tree.exists():
+            shutil.rmtree(origin.parent.parent, ignore_errors=True)
 
 
 @dataclass

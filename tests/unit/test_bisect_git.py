@@ -3,6 +3,7 @@ tree never written (not even on an error or an interrupted bisect), bad ranges r
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,15 @@ def test_a_second_bisect_reuses_the_clone_and_sees_new_commits(repo: Path) -> No
     git(repo, "commit", "-q", "-am", "commit 10")
     second = GitSubject.open(repo, "c0", "HEAD")
     assert second.clone == first.clone and second.untested() == 9
+
+
+def test_the_clone_of_a_tree_that_is_gone_is_deleted(repo: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    subprocess.run(["cp", "-a", str(repo), str(other)], check=True)
+    gone = GitSubject.open(other, "c0", "main").clone
+    subprocess.run(["rm", "-rf", str(other)], check=True)
+    kept = GitSubject.open(repo, "c0", "main").clone
+    assert kept.exists() and not gone.exists()
 
 
 @pytest.mark.parametrize(("good", "bad", "match"), [
