@@ -232,6 +232,12 @@ def _build_prepare(recipe: Recipe, tree: Callable[[Candidate], Path], note: Note
     return prepare
 
 
+def _at_commit(subject: GitSubject) -> Callable[[Candidate], Path]:
+    def tree(c: Candidate) -> Path:
+        return subject.checkout(c.ref)
+    return tree
+
+
 # --- bisect ---------------------------------------------------------------------------------------
 
 def _from_matrix(args: argparse.Namespace) -> None:
@@ -279,7 +285,7 @@ def cmd_bisect(args: argparse.Namespace) -> int:
         recipe = _recipe(args.recipe)
         git_subject = GitSubject.open(args.tree, args.good, args.bad)
         subject = git_subject
-        prepare = _build_prepare(recipe, lambda c: git_subject.checkout(c.ref) if git_subject else Path(), note)
+        prepare = _build_prepare(recipe, _at_commit(git_subject), note)
         untested = git_subject.untested()
         good_end, bad_end = git_subject.ends()
         record = Record("git", str(args.config), mode, good_end.label, bad_end.label, runs, most, untested,

@@ -68,6 +68,9 @@ def run(subject: Subject, test: Test, record: Record, *, verify_revert: bool = F
         return done
 
     bad = step("bad-end", bad_end, None)
+    if not bad.runs:
+        return _stop(record, f"the bad end {bad_end.label} cannot be tested ({bad.why}): both ends must build and "
+                             "run; fix the recipe, or choose another --bad")
     if bad.decision != "bad":
         return _stop(record, f"the bad end {bad_end.label} does not fail ({bad.why}): there is nothing to bisect; "
                              "check the config and --bad")
@@ -79,6 +82,9 @@ def run(subject: Subject, test: Test, record: Record, *, verify_revert: bool = F
     record.signature = signature.facets
     progress(f"signature of the bad end: {signature.text()}")
     good = step("good-end", good_end, signature)
+    if not good.runs:
+        return _stop(record, f"the good end {good_end.label} cannot be tested ({good.why}): both ends must build and "
+                             "run; fix the recipe, or choose another --good")
     if good.decision != "good" or good.flaky or any(c != "good" for c in good.classes):
         what = "failed the same way as the bad end" if good.decision == "bad" else good.why
         return _stop(record, f"the good end {good_end.label} does not pass every run ({what}): choose an older "

@@ -13,7 +13,7 @@ never blamed.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -51,6 +51,21 @@ def _site_check(rest: str) -> str:
     return normalize(rest)[:80]
 
 
+# Reason -> facet, for every reason but the outcome's (which needs the crash title): first match wins.
+_FACETS: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str]], ...] = (
+    (re.compile(r"^expected a crash matching /(.*)/, got '(.*)'$"), lambda m: f"crash: {normalize(m.group(2))}"),
+    (re.compile(r"^crash at console line \d+: (.*?)(?: \(fatal\))?(?:; allow it with .*)?$"),
+     lambda m: f"crash: {normalize(m.group(1))}"),
+    (re.compile(r"^no console line matches (/.*/)$"), lambda m: f"console: no line matches {m.group(1)}"),
+    (re.compile(r"^console line \d+ matches excluded (/.*?/):"),
+     lambda m: f"console: a line matches excluded {m.group(1)}"),
+    (_LIMIT, lambda m: f"sites: {m.group(1)} at {m.group(2)}"),
+    (_SITES, lambda m: f"sites: {m.group(1)}" + (f" at {m.group(2)}" if m.group(2) else "")
+     + f": {_site_check(m.group(3))}"),
+    (re.compile(r"^inspection: (.*)$"), lambda m: "inspection: " + normalize(m.group(1))[:100]),
+)
+
+
 def facet(reason: str, title: str | None = None, last_stage: str | None = None) -> str:
     """One reason of a verdict, as a facet of a signature."""
     m = _OUTCOME.match(reason)
@@ -61,27 +76,10 @@ def facet(reason: str, title: str | None = None, last_stage: str | None = None) 
         if got == "hangs":
             return f"hang: after '{normalize(last_stage or '?')}'"
         return f"outcome: {got} (expected {expected})"
-    m = re.match(r"^expected a crash matching /(.*)/, got '(.*)'$", reason)
-    if m:
-        return f"crash: {normalize(m.group(2))}"
-    m = re.match(r"^crash at console line \d+: (.*?)(?: \(fatal\))?(?:; allow it with .*)?$", reason)
-    if m:
-        return f"crash: {normalize(m.group(1))}"
-    m = re.match(r"^no console line matches (/.*/)$", reason)
-    if m:
-        return f"console: no line matches {m.group(1)}"
-    m = re.match(r"^console line \d+ matches excluded (/.*?/):", reason)
-    if m:
-        return f"console: a line matches excluded {m.group(1)}"
-    m = _LIMIT.match(reason)
-    if m:
-        return f"sites: {m.group(1)} at {m.group(2)}"
-    m = _SITES.match(reason)
-    if m:
-        what, at, rest = m.groups()
-        return f"sites: {what}" + (f" at {at}" if at else "") + f": {_site_check(rest)}"
-    if reason.startswith("inspection: "):
-        return "inspection: " + normalize(reason[len("inspection: "):])[:100]
+    for pattern, shown in _FACETS:
+        m = pattern.match(reason)
+        if m:
+            return shown(m)
     return normalize(reason)[:120]
 
 

@@ -306,6 +306,21 @@ def test_ends_that_do_not_behave_stop_before_any_step(behaviour, match) -> None:
     assert record.state == "stopped" and not record.bisect_steps
 
 
+def test_an_end_that_cannot_be_built_stops_the_bisect_naming_the_recipe() -> None:
+    f = Fake(5, lambda i, k: BUG if i >= 2 else PASS)
+    real = f.test
+
+    def test(role: Role, c: Candidate, sig: Signature | None) -> Step:
+        if role == "good-end":
+            return Step(role, c.label, c.ref, "skip", False, "cannot test: the kernel build failed: x.c:1: error")
+        return real(role, c, sig)
+
+    record = f.record()
+    with pytest.raises(Stopped, match=r"the good end .* cannot be tested \(cannot test: the kernel build failed.*"
+                                      r"fix the recipe"):
+        run(f.subject, test, record)
+
+
 def test_verification_fails_when_the_culprit_does_not_fail_again() -> None:
     seen: dict[int, int] = {}
 
