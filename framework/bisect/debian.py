@@ -120,6 +120,9 @@ class DebianSubject:
         i = first[0]
         return Found(self.candidate(i), self.candidate(self.search.good), note=self.note_of(self.packages[i]))
 
+    def left(self) -> int:
+        return self.search.steps_left()
+
     def reverted(self, culprit: Candidate) -> Candidate | str:
         return "a Debian package cannot be reverted; --verify-revert is for a git tree"
 

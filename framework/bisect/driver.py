@@ -46,6 +46,7 @@ class Subject(Protocol):
     def next(self) -> Candidate | None: ...
     def mark(self, candidate: Candidate, decision: str) -> None: ...
     def found(self) -> Found: ...
+    def left(self) -> int: ...                                       # about how many steps are left
     def reverted(self, culprit: Candidate) -> Candidate | str: ...   # the bad end with it reverted, or why not
 
 
@@ -92,7 +93,9 @@ def run(subject: Subject, test: Test, record: Record, *, verify_revert: bool = F
     while (c := subject.next()) is not None:
         done = step("step", c, signature)
         subject.mark(c, done.decision)
-        progress(f"{c.label}: {done.decision}" + (" (flaky)" if done.flaky else "") + f": {done.why}")
+        left = subject.left()
+        progress(f"{c.label}: {done.decision}" + (" (flaky)" if done.flaky else "") + f": {done.why}; "
+                 + (f"about {left} step{'s' if left != 1 else ''} left" if left else "no step left"))
     found = subject.found()
     if found.culprit is None:
         record.state = "ambiguous"

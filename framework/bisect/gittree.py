@@ -24,7 +24,7 @@ from pathlib import Path
 from ..errors import InfrastructureError, KernelRefError
 from ..kernel.fetch import cache_dir, locked
 from .driver import Candidate, Found
-from .search import git_bisect_said
+from .search import expected_steps, git_bisect_said
 
 # Every git call: a fixed identity (a revert commits in the clone), no automatic gc, and no opportunistic write
 # of the index (``git status`` refreshes it otherwise: in the user's tree, that would be a write).
@@ -197,6 +197,13 @@ class GitSubject:
             self._take(proc.stdout + proc.stderr)
         except ValueError as err:
             raise GitError(f"git bisect {word} {candidate.ref[:12]}: {err}") from None
+
+    def left(self) -> int:
+        """What git bisect said it has left, as steps: the revision checked out and the N "left after this"."""
+        if self._said is None or self._said[0] != "next":
+            return 0
+        left = self._said[1]
+        return expected_steps(left + 1) if isinstance(left, int) else 0
 
     def bisect_log(self) -> str:
         proc = git(self.clone, "bisect", "log", check=False)

@@ -257,8 +257,11 @@ PASS = ("pass", ())
 
 def test_the_driver_finds_the_culprit_and_verifies_it() -> None:
     f = Fake(12, lambda i, k: BUG if i >= 7 else PASS)
-    r = run(f.subject, f.test, f.record())
+    notes: list[str] = []
+    r = run(f.subject, f.test, f.record(), progress=notes.append)
     assert (r.state, r.culprit, r.verified) == ("found", "linux-image-6.1.0-7-amd64 6.1.7-1", True)
+    left = [int(m.group(1)) for n in notes if (m := re.search(r"about (\d+) steps? left", n))]
+    assert left == sorted(left, reverse=True) and left[0] == 3 and notes[-2].endswith("no step left")
     assert r.culprit_note == "changelog of linux-image-6.1.0-7-amd64"
     assert f.tested[:2] == ["bad-end:11", "good-end:0"] and f.tested[-2:] == ["verify-culprit:7", "verify-predecessor:6"]
     assert len(r.bisect_steps) <= expected_steps(10) and r.confidence == 1.0
