@@ -41,8 +41,8 @@ def append(path: Path, line: str) -> None:
     path.write_text(text + line + "\n")
 
 
-def make_series(source: Path, tree: Path) -> dict[str, str]:
-    """The tree at ``tree`` (a new directory) and its commits: {"tree": path, "base": sha, "c1": sha, …}."""
+def make_tree(source: Path, tree: Path) -> str:
+    """Debian's unpacked source at ``source`` as a git checkout at ``tree`` with one commit; its sha."""
     subprocess.run(["cp", "-al", str(source), str(tree)], check=True)
     subprocess.run(["rm", "-rf", str(tree / ".patchscope-build")], check=True)   # the source's own build
     ignore = tree / ".gitignore"     # Debian's source package ignores everything at the top ("/*"); a checkout not
@@ -50,6 +50,11 @@ def make_series(source: Path, tree: Path) -> dict[str, str]:
     git(tree, "init", "-q", "-b", "main")
     git(tree, "add", "-A")
     git(tree, "commit", "-q", "-m", "linux-source-6.1 6.1.192-2")
+    return git(tree, "rev-parse", "HEAD")
+
+
+def add_series(tree: Path) -> dict[str, str]:
+    """The six commits on top of ``tree``'s HEAD: {"tree": path, "base": the HEAD before, "c1": sha, …}."""
     shas = {"tree": str(tree), "base": git(tree, "rev-parse", "HEAD")}
     alternative, main = tree / "arch" / "x86" / "kernel" / "alternative.c", tree / "init" / "main.c"
     steps: list[tuple[str, str | None, Callable[[], None] | None]] = [
@@ -74,3 +79,9 @@ def make_series(source: Path, tree: Path) -> dict[str, str]:
             git(tree, "commit", "-q", "-am", subject or name)
         shas[name] = git(tree, "rev-parse", "HEAD")
     return shas
+
+
+def make_series(source: Path, tree: Path) -> dict[str, str]:
+    """A new tree at ``tree`` from ``source``, with the series on top."""
+    make_tree(source, tree)
+    return add_series(tree)

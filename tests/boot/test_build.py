@@ -1,8 +1,8 @@
 """Real kernel builds: the shipped tiny recipe from Debian's 6.1 source, booted both ways, and a git tree.
 
 The first test builds kernels/tiny-6.1.yaml (about 4 minutes on 2 cores with an
-empty cache; nothing on the second request). The git tests copy that source tree
-(hard links: the cached tree is never written) into a git repository and build a
+empty cache; nothing on the second request). The git tests take that source tree as
+a git checkout (tests/boot/conftest.py: hard links, the cached tree is never written) and build a
 bare tinyconfig from it at two commits (the second relinks, ccache and make
 reuse the rest), then with a broken file.
 """
@@ -10,9 +10,7 @@ reuse the rest), then with a broken file.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -102,22 +100,9 @@ def replace(path: Path, text: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def git_tree(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    info = json.loads((tiny / "build.json").read_text())
-    cache = Path(os.environ.get("PATCHSCOPE_CACHE", Path.home() / ".cache" / "patchscope"))
-    source = cache / "sources" / "linux-source-6.1_6.1.192-2"
-    assert (source / "Makefile").exists(), info
-    tree = tmp_path_factory.mktemp("git") / "linux"
-    subprocess.run(["cp", "-al", str(source), str(tree)], check=True)
-    # the source's own build directory (kbuild.work_dir) is not part of the tree, and its hard links must go
-    subprocess.run(["rm", "-rf", str(tree / ".patchscope-build")], check=True)
-    # Debian's source package ignores everything at the top level ("/*"): a kernel checkout does not
-    ignore = tree / ".gitignore"
-    replace(ignore, ignore.read_text().split("# Debian packaging")[0])
-    git(tree, "init", "-q")
-    git(tree, "add", "-A")
-    git(tree, "commit", "-q", "-m", "linux-source-6.1 6.1.192-2")
-    return tree
+def git_tree(tiny: Path, linux_git: Path) -> Path:
+    """Debian's source as a git checkout (tests/boot/conftest.py), shared with the bisect tests."""
+    return linux_git
 
 
 def test_a_git_tree_at_two_commits_gives_two_cache_entries(git_tree: Path, tmp_path: Path) -> None:
