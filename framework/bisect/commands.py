@@ -308,7 +308,7 @@ def cmd_bisect(args: argparse.Namespace) -> int:
         timespec="seconds"), "artifacts": str(out), "argv": sys.argv[1:]}
     save = _saver(out)
     save(record)
-    tester = StepTester(cfg, mode, out, runs, most, prepare, note)
+    tester = StepTester(cfg, mode, out, runs, most, prepare, note, timeout=args.timeout)
     started = time.monotonic()
     try:
         with in_use(git_subject.tree) if git_subject is not None else contextlib.nullcontext():
@@ -376,9 +376,9 @@ def cmd_bisect_step(args: argparse.Namespace) -> int:
         head = commit_of(top, "HEAD", "HEAD")
         out: Path = args.artifacts or Path("patchscope-out") / "bisect-step" / f"{cfg.name}-{mode}"
         with in_use(top):
-            signature = _step_signature(top, cfg, mode, recipe, runs, most, out, note)
+            signature = _step_signature(top, cfg, mode, recipe, runs, most, out, note, args.timeout)
             tester = StepTester(cfg, mode, out / head[:12], runs, most,
-                                _build_prepare(recipe, _step_tree(top), note), note)
+                                _build_prepare(recipe, _step_tree(top), note), note, timeout=args.timeout)
             step = tester("step", Candidate(describe(top, head), head), signature)
     except _Abort as err:
         print(f"patchscope: error: {err} (bisect-step exits {STEP_ABORT}: git bisect run stops)", file=sys.stderr)
@@ -422,7 +422,7 @@ def _original_bad(top: Path) -> str | None:
 
 
 def _step_signature(top: Path, cfg: Config, mode: str, recipe: Recipe, runs: int, most: int, out: Path,
-                    note: Note) -> Signature | None:
+                    note: Note, timeout: float | None = None) -> Signature | None:
     """The bisect's bad end's signature: recorded once per (bisect, config, mode, recipe), in the cache."""
     bad = _original_bad(top)
     if bad is None:
@@ -444,7 +444,8 @@ def _step_signature(top: Path, cfg: Config, mode: str, recipe: Recipe, runs: int
         git(clone, "checkout", "--quiet", "--force", "--detach", c.ref)
         return clone
 
-    tester = StepTester(cfg, mode, out / f"bad-end-{bad[:12]}", runs, most, _build_prepare(recipe, at_bad, note), note)
+    tester = StepTester(cfg, mode, out / f"bad-end-{bad[:12]}", runs, most, _build_prepare(recipe, at_bad, note), note,
+                        timeout=timeout)
     step = tester("bad-end", Candidate(describe(clone, bad), bad), None)
     signature = Signature.common([r.facets for r in step.runs if r.cls == "bad"])
     if step.decision != "bad" or not signature.facets:

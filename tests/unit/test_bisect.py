@@ -399,3 +399,30 @@ def test_bisect_step_never_exits_with_a_code_git_bisect_run_reads_as_bad(tmp_pat
                  ("configs/boot-native.yaml", "--recipe", "tiny-6.1", "--tree", str(tmp_path))):
         res = patchscope("bisect-step", *args)
         assert res.returncode == 128, (args, res.returncode, res.stderr)
+
+
+def test_a_steps_runs_are_patchscope_run_with_the_bisects_mode_and_timeout(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from framework.bisect import runner
+    from framework.config import load_config
+
+    seen: list[list[str]] = []
+
+    class Proc:
+        returncode = 3
+
+        def __init__(self, argv: list[str], **kw: object) -> None:
+            seen.append(argv)
+            self.pid = 0
+
+        def wait(self, timeout: float | None = None) -> int:
+            return 3
+
+    monkeypatch.setattr(runner.subprocess, "Popen", Proc)
+    cfg = load_config(REPO / "configs" / "boot-native.yaml")
+    tester = runner.StepTester(cfg, "native", tmp_path, 2, 3, lambda c: ("debian:x=1", "cached"), lambda _: None,
+                               timeout=77)
+    step = tester("step", Candidate("x 1", "debian:x=1"), None)
+    assert seen[0][-9:] == ["--kernel", "debian:x=1", "--mode", "native", "--artifacts",
+                            str(tmp_path / "steps" / "01-step-x" / "run-1"), "-q", "--timeout", "77"]
+    assert len(seen) == 3 and step.decision == "skip" and "could not run" in step.why, "runs that wrote no result"
