@@ -7,11 +7,12 @@ failure, 130 interrupted (which also aborts a ``git bisect run``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import json
 import signal
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -141,12 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if words[:1] == ["bisect-step"]:
         return _bisect_step(words)
     args = build_parser().parse_args(argv)
-    previous = signal.signal(signal.SIGTERM, _sigterm)
-    # Ctrl-C must stop QEMU and keep the artefacts even when patchscope was started with SIGINT
-    # ignored (a background job of a non-interactive shell inherits SIG_IGN, and Python keeps it).
-    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        return _dispatch(args)
+        with _interruptible():
+            return _dispatch(args)
     except PatchscopeError as err:
         print(f"patchscope: error: {err}", file=sys.stderr)
         return EXIT_ERROR
@@ -160,6 +158,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                     args.command, "QEMU stopped, artefacts kept")
         print(f"patchscope: interrupted; {what}", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[None]:
+    """SIGTERM and SIGINT raise KeyboardInterrupt while the command runs (then the handlers are put back).
+
+    Ctrl-C must stop QEMU and keep the artefacts even when patchscope was started with SIGINT
+    ignored (a background job of a non-interactive shell inherits SIG_IGN, and Python keeps it)."""
+    previous = signal.signal(signal.SIGTERM, _sigterm)
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
     finally:
         signal.signal(signal.SIGTERM, previous)
         signal.signal(signal.SIGINT, previous_int)
@@ -173,19 +183,15 @@ def _bisect_step(words: list[str]) -> int:
         args = build_parser().parse_args(words)
     except SystemExit as done:
         return 0 if done.code == 0 else STEP_ABORT       # --help is 0; a usage error aborts the bisect
-    previous = signal.signal(signal.SIGTERM, _sigterm)
-    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        return _dispatch(args)
+        with _interruptible():
+            return _dispatch(args)
     except KeyboardInterrupt:
         print("patchscope: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as err:  # noqa: BLE001  (a step must end in 0, 1, 125 or an abort, never a traceback's 1)
         print(f"patchscope: bisect-step: cannot test: {type(err).__name__}: {err}", file=sys.stderr)
         return STEP_SKIP
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        signal.signal(signal.SIGINT, previous_int)
 
 
 def _sigterm(signum: int, frame: FrameType | None) -> None:

@@ -34,14 +34,15 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..build.commands import named_recipe
 from ..build.kbuild import build_info
-from ..build.recipe import LocalTree, Recipe, load_build_recipe
+from ..build.recipe import LocalTree, Recipe
 from ..config import Config, load_config, with_overrides
 from ..domain import MODES, Note
 from ..errors import InputError, KernelRefError, PatchscopeError
 from ..kernel.fetch import apt_candidates, apt_download, cache_dir, deb_extract, note_stderr
 from ..kernel.image import prepare_kernel
-from ..kernel.refs import BuildRef, DebianRef, NewestRef, list_recipes, load_recipe, parse_ref
+from ..kernel.refs import BuildRef, DebianRef, NewestRef, parse_ref
 from . import html
 from .debian import DebianSubject, Package, between, first_changelog_entry, flavour
 from .driver import Candidate, Stopped, Subject
@@ -114,20 +115,6 @@ def _config(path: Path, mode: str | None, timeout: float | None) -> tuple[Config
     if chosen not in cfg.modes:
         raise InputError(f"--mode {chosen}: {path} runs in {', '.join(cfg.modes)} only")
     return cfg, chosen
-
-
-def _recipe(text: str) -> Recipe:
-    path = Path(text)
-    if path.is_file():
-        return load_build_recipe(path)
-    recipes = list_recipes()
-    if text in recipes:
-        ref = load_recipe(recipes[text])
-        if isinstance(ref, BuildRef):
-            return ref.recipe
-        raise KernelRefError(f"--recipe {text}: a Debian kernel, not a build recipe (kind: build)")
-    raise KernelRefError(f"--recipe {text}: neither a recipe file nor a recipe name in kernels/ "
-                         f"({', '.join(sorted(recipes)) or 'none'})")
 
 
 def _out_dir(args: argparse.Namespace, cfg: Config, mode: str) -> Path:
@@ -282,7 +269,7 @@ def cmd_bisect(args: argparse.Namespace) -> int:
     subject: Subject
     git_subject: GitSubject | None = None
     if args.tree is not None:
-        recipe = _recipe(args.recipe)
+        recipe = named_recipe(args.recipe, "--recipe")
         git_subject = GitSubject.open(args.tree, args.good, args.bad)
         subject = git_subject
         prepare = _build_prepare(recipe, _at_commit(git_subject), note)
@@ -365,13 +352,14 @@ def cmd_bisect_step(args: argparse.Namespace) -> int:
     try:
         runs, most = _runs(args)
         cfg, mode = _config(args.config, args.mode, args.timeout)
-        recipe = _recipe(args.recipe)
+        recipe = named_recipe(args.recipe, "--recipe")
         top = toplevel(args.tree)
     except PatchscopeError as err:
         print(f"patchscope: error: {err} (bisect-step exits {STEP_ABORT}: no commit can be tested so, and "
               "git bisect run stops)", file=sys.stderr)
         return STEP_ABORT
     note = note_stderr
+    head = "HEAD"
     try:
         head = commit_of(top, "HEAD", "HEAD")
         out: Path = args.artifacts or Path("patchscope-out") / "bisect-step" / f"{cfg.name}-{mode}"
@@ -384,21 +372,33 @@ def cmd_bisect_step(args: argparse.Namespace) -> int:
         print(f"patchscope: error: {err} (bisect-step exits {STEP_ABORT}: git bisect run stops)", file=sys.stderr)
         return STEP_ABORT
     except PatchscopeError as err:
-        print(f"patchscope: bisect-step: cannot test {head[:12] if 'head' in locals() else 'HEAD'}: {err}")
+        print(f"patchscope: bisect-step: cannot test {head[:12]}: {err}")
         return STEP_SKIP
     print(f"bisect-step {step.label}: {step.decision}" + (" (flaky)" if step.flaky else "") + f": {step.why}")
     return {"good": STEP_GOOD, "bad": STEP_BAD, "skip": STEP_SKIP}[step.decision]
 
 
+def _in_clone(top: Path) -> Callable[[Candidate], Path]:
+    """patchscope's clone of ``top`` (fetched once) at each candidate's commit: the path to build."""
+    clone: list[Path] = []
+
+    def tree(c: Candidate) -> Path:
+        if not clone:
+            clone.append(clone_of(top))
+        git(clone[0], "checkout", "--quiet", "--force", "--detach", c.ref)
+        return clone[0]
+    return tree
+
+
 def _step_tree(top: Path) -> Callable[[Candidate], Path]:
     """Where bisect-step builds the checked-out commit: patchscope's clone of the tree at that commit (the same
     work directory and ccache as ``bisect --tree``), or the tree itself when it has uncommitted changes."""
+    in_clone = _in_clone(top)
+
     def tree(c: Candidate) -> Path:
         if git(top, "status", "--porcelain", "--untracked-files=no").stdout.strip():
             return top
-        clone = clone_of(top)
-        git(clone, "checkout", "--quiet", "--force", "--detach", c.ref)
-        return clone
+        return in_clone(c)
     return tree
 
 
@@ -438,15 +438,9 @@ def _step_signature(top: Path, cfg: Config, mode: str, recipe: Recipe, runs: int
         except (OSError, ValueError, KeyError, TypeError):
             store.unlink(missing_ok=True)
     note(f"recording the bad end's failure first: {bad[:12]} (once for this bisect)")
-    clone = clone_of(top)
-
-    def at_bad(c: Candidate) -> Path:
-        git(clone, "checkout", "--quiet", "--force", "--detach", c.ref)
-        return clone
-
-    tester = StepTester(cfg, mode, out / f"bad-end-{bad[:12]}", runs, most, _build_prepare(recipe, at_bad, note), note,
-                        timeout=timeout)
-    step = tester("bad-end", Candidate(describe(clone, bad), bad), None)
+    tester = StepTester(cfg, mode, out / f"bad-end-{bad[:12]}", runs, most,
+                        _build_prepare(recipe, _in_clone(top), note), note, timeout=timeout)
+    step = tester("bad-end", Candidate(describe(top, bad), bad), None)
     signature = Signature.common([r.facets for r in step.runs if r.cls == "bad"])
     if step.decision != "bad" or not signature.facets:
         raise _Abort(f"the bisect's bad end {step.label} does not fail with {cfg.path} ({step.why})")

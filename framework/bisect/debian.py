@@ -8,6 +8,7 @@ versions as dpkg compares them, never by their names.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from .search import ListBisection
 
 _IMAGE = re.compile(r"linux-image-(\d+\.\d+)\.\d+(?:-\d+|\+deb\d+(?:u\d+)?)-([a-z0-9]+(?:-[a-z0-9]+)*)")
 _NOT_KERNELS = ("-dbg", "-unsigned")
+_VERSION = functools.cmp_to_key(compare_debian_versions)
 
 
 @dataclass(frozen=True)
@@ -70,20 +72,8 @@ def between(good: Package, bad: Package, carried: Mapping[str, str]) -> list[Pac
     inside = [Package(name, version) for name, version in carried.items()
               if same_flavour(name, fg or "") and name not in (good.name, bad.name)
               and compare_debian_versions(good.version, version) < 0 < compare_debian_versions(bad.version, version)]
-    inside.sort(key=_version_key)
+    inside.sort(key=lambda p: (_VERSION(p.version), p.name))
     return [good, *inside, bad]
-
-
-class _Version:
-    def __init__(self, version: str) -> None:
-        self.version = version
-
-    def __lt__(self, other: _Version) -> bool:
-        return compare_debian_versions(self.version, other.version) < 0
-
-
-def _version_key(p: Package) -> tuple[_Version, str]:
-    return _Version(p.version), p.name
 
 
 class DebianSubject:

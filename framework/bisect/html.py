@@ -97,9 +97,8 @@ def _result(r: Record) -> Iterator[str]:
         yield f'<p id="verified" data-verified="{str(r.verified).lower()}"><b>{word}</b>: {escape(r.verification)}</p>'
     if r.confidence is not None:
         yield f'<p id="confidence">confidence {r.confidence:.0%}: {escape(r.confidence_why)}</p>'
-    flaky = [s.label for s in r.steps if s.flaky]
-    if flaky:
-        yield "<p><b>flaky:</b> " + ", ".join(f"<code>{escape(f)}</code>" for f in flaky) + "</p>"
+    if r.flaky:
+        yield "<p><b>flaky:</b> " + ", ".join(f"<code>{escape(s.label)}</code>" for s in r.flaky) + "</p>"
     yield "</div>"
 
 
@@ -111,5 +110,5 @@ def _row(i: int, s: Step, r: Record, base: Path | None) -> Iterator[str]:
            f'data-decision="{escape(s.decision)}" data-flaky="{str(s.flaky).lower()}">'
            f"<td>{i}</td><td>{escape(ROLE_WORDS[s.role])}</td><td><code>{escape(s.label)}</code></td>"
            f'<td class="decision">{escape(decision_word(s))}<br><small>{escape(s.why)}</small></td>'
-           f"<td>{escape(step_signature(s, r.signature))}</td><td>{bad}/{len(s.runs)} bad</td>"
+           f"<td>{escape(step_signature(s))}</td><td>{bad}/{len(s.runs)} bad</td>"
            f"<td>{escape(duration(s.duration_s))}<br><small>{escape(s.prepared)}</small></td><td>{links}</td></tr>")

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -138,7 +138,7 @@ def _short(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
-def step_signature(step: Step, signature: Sequence[str]) -> str:
+def step_signature(step: Step) -> str:
     """What a step's failing runs showed: 'same' for the bad end's signature, else the other failure."""
     if step.decision == "bad":
         return "same as the bad end"
@@ -152,7 +152,7 @@ def table(record: Record) -> Iterator[str]:
              "artefacts")]
     for i, s in enumerate(record.steps, 1):
         artefacts = s.runs[0].artifacts if s.runs else ""
-        rows.append((str(i), ROLE_WORDS[s.role], _short(s.label, 60), decision_word(s), step_signature(s, record.signature),
+        rows.append((str(i), ROLE_WORDS[s.role], _short(s.label, 60), decision_word(s), step_signature(s),
                      f"{sum(c == 'bad' for c in s.classes)}/{len(s.runs)} bad" if s.runs else "-",
                      f"{s.duration_s:.0f} s", artefacts))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]

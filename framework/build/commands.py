@@ -38,6 +38,21 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="a config fragment laid over the base (repeatable, in order)")
 
 
+def named_recipe(text: str, option: str) -> Recipe:
+    """A build recipe given as a file or as its name in kernels/; errors start with ``option``."""
+    path = Path(text)
+    if path.is_file():
+        return load_build_recipe(path)
+    recipes = list_recipes()
+    if text not in recipes:
+        raise KernelRefError(f"{option} {text!r} is neither a recipe file nor a recipe name in kernels/ "
+                             f"({', '.join(sorted(recipes)) or 'none'})")
+    ref = load_recipe(recipes[text])
+    if not isinstance(ref, BuildRef):
+        raise KernelRefError(f"{option} {text!r} is a Debian kernel, not a build recipe (kind: build)")
+    return ref.recipe
+
+
 def recipe_of(args: argparse.Namespace) -> Recipe:
     base = Path.cwd()
     if args.recipe is None:
@@ -45,17 +60,7 @@ def recipe_of(args: argparse.Namespace) -> Recipe:
             raise KernelRefError("build: give a recipe (e.g. kernels/tiny-6.1.yaml) or --tree "
                                  "(debian-source:6.1, or a kernel source directory)")
         return from_arguments(args.tree, args.config or DEFAULT_CONFIG, args.fragment, base)
-    path = Path(args.recipe)
-    if not path.is_file():
-        recipes = list_recipes()
-        if args.recipe not in recipes:
-            raise KernelRefError(f"build: {args.recipe!r} is neither a recipe file nor a recipe name in kernels/")
-        ref = load_recipe(recipes[args.recipe])
-        if not isinstance(ref, BuildRef):
-            raise KernelRefError(f"build: {args.recipe!r} is a Debian kernel, not a build recipe (kind: build)")
-        recipe = ref.recipe
-    else:
-        recipe = load_build_recipe(path)
+    recipe = named_recipe(args.recipe, "build:")
     return Recipe(parse_tree(args.tree, base) if args.tree else recipe.tree,
                   parse_config(args.config, base) if args.config else recipe.config,
                   tuple(read_fragment(resolve(f, base)) for f in args.fragment) if args.fragment else recipe.fragments,
