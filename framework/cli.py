@@ -23,7 +23,7 @@ from .analysis.trace import Event
 from .build.kbuild import build_info
 from .config import Config, default_config, load_config, with_overrides
 from .domain import ACCELS, DEFAULT_KERNEL, MODES, TABLES, VerdictName
-from .errors import PatchscopeError
+from .errors import InputError, PatchscopeError
 from .kernel import xen
 from .kernel.fetch import note_stderr
 from .kernel.image import Kernel, cached_kernels, prepare_kernel
@@ -89,11 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
     sites.add_argument("--live", action="store_true", help="boot, stop with GDB and compare each site")
     sites.add_argument("--mode", default="native", choices=MODES)
     sites.add_argument("--hypervisor", default=None, help="Xen for xen-pv (default: xen-4.17)")
-    sites.add_argument("--at", default="after-patching", metavar="POINT",
-                       help="before-patching, after-patching (default), booted, or a kernel symbol")
+    sites.add_argument("--at", default=None, metavar="POINT",
+                       help="before-patching, after-patching (default; booted with --module), booted, or a kernel symbol")
     sites.add_argument("--cmdline", action="append", default=[], metavar="ARGS")
     sites.add_argument("--accel", choices=ACCELS, default="tcg")
     sites.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS, metavar="DIR")
+    sites.add_argument("--module", action="append", default=[], metavar="NAME",
+                       help="with --live: load this module of the kernel's package (or a .ko file) from /init "
+                            "and compare its sites too, at 'booted' (repeatable)")
 
     trace = sub.add_parser("trace", help="boot once with every text write the kernel makes recorded, in order")
     trace.add_argument("--kernel", default=DEFAULT_KERNEL, help="kernel reference (default: %(default)s)")
@@ -102,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--cmdline", action="append", default=[], metavar="ARGS")
     trace.add_argument("--init-command", action="append", default=[], metavar="CMD",
                        help="a shell command for /init after boot (repeatable), e.g. to trigger live patching")
+    trace.add_argument("--module", action="append", default=[], metavar="NAME",
+                       help="load this module (of the kernel's package, or a .ko file) from /init before the "
+                            "init commands: its load, relocations and patching join the trace (repeatable)")
     trace.add_argument("--timeout", type=float, default=900.0, help="seconds (default: %(default)s)")
     trace.add_argument("--accel", choices=ACCELS, default="tcg")
     trace.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS, metavar="DIR")
@@ -326,13 +332,17 @@ def cmd_sites(args: argparse.Namespace) -> int:
     tables = tuple(args.table) if args.table else TABLES
     kernel = prepare_kernel(parse_ref(args.kernel), note_stderr)
     if not args.live:
+        if args.module:
+            raise InputError("sites --module needs --live: a module's sites are compared where the kernel "
+                             "loaded it")
         return _static_sites(kernel, tables, args.json)
+    at = args.at or ("booted" if args.module else "after-patching")
     cfg = default_config("sites", kernel=args.kernel, modes=(args.mode,), cmdline=tuple(args.cmdline),
-                         hypervisor=args.hypervisor, timeout=300.0,
-                         inspect={"capture": [args.at], "tables": list(tables)})
+                         hypervisor=args.hypervisor, timeout=300.0, modules=args.module or None,
+                         inspect={"capture": [at], "tables": list(tables)})
     req = RunRequest(cfg, check_mode(args.mode), artifacts_dir(args.artifacts, "sites", args.mode), accel=args.accel)
     result = execute(req, _quiet if args.json else note_stderr)
-    report = req.outdir / sites_file(args.at)
+    report = req.outdir / sites_file(at)
     if result.verdict == "error" and not report.exists():
         raise PatchscopeError(str(result.error))
     if args.json:
@@ -341,8 +351,8 @@ def cmd_sites(args: argparse.Namespace) -> int:
                 for line in fh:
                     sys.stdout.write(line)
     else:
-        print(f"{args.kernel} [{args.mode}] at {args.at}: {result.summary}  ({req.outdir})")
-        captured = result.analysis.comparisons.get(args.at) if result.analysis is not None else None
+        print(f"{args.kernel} [{args.mode}] at {at}: {result.summary}  ({req.outdir})")
+        captured = result.analysis.comparisons.get(at) if result.analysis is not None else None
         if captured is not None:
             _print_counts(captured.counts())
             findings: tuple[tuple[str, Sequence[SiteState | Oversize | TextChange]], ...] = (
@@ -367,7 +377,7 @@ def _finding(item: SiteState | Oversize | TextChange) -> str:
 def cmd_trace(args: argparse.Namespace) -> int:
     cfg = default_config("trace", kernel=args.kernel, modes=(args.mode,), cmdline=tuple(args.cmdline),
                          hypervisor=args.hypervisor, timeout=args.timeout,
-                         init_commands=tuple(args.init_command))
+                         init_commands=tuple(args.init_command), modules=args.module or None)
     req = RunRequest(cfg, check_mode(args.mode), artifacts_dir(args.artifacts, "trace", args.mode), accel=args.accel,
                      trace=True, debugger=args.debugger)
     result = execute(req, note_stderr)
@@ -394,9 +404,12 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
 
 def _print_counts(counts: dict[str, dict[str, int]]) -> None:
-    print(f"  {'table':<14}{'sites':>8}{'patched':>9}{'unchanged':>11}{'freed':>7}")
+    """One row a table: vmlinux's, then each module's (``kvm:paravirt``)."""
+    counts = {t: c for t, c in counts.items() if c["sites"] or ":" not in t}    # a module's empty tables: left out
+    width = max([14, *(len(table) + 2 for table in counts)])
+    print(f"  {'table':<{width}}{'sites':>8}{'patched':>9}{'unchanged':>11}{'freed':>7}")
     for table, c in counts.items():
-        print(f"  {table:<14}{c['sites']:>8}{c['patched']:>9}{c['unchanged']:>11}{c['freed']:>7}")
+        print(f"  {table:<{width}}{c['sites']:>8}{c['patched']:>9}{c['unchanged']:>11}{c['freed']:>7}")
 
 
 def _static_sites(kernel: Kernel, tables: tuple[str, ...], as_json: bool) -> int:

@@ -13,6 +13,7 @@ did not meet its expectation is not an exception: it is a verdict.
      │    ├── KernelRefError        a kernel/hypervisor reference that names nothing usable
      │    ├── Stopped               (bisect/driver.py) a bisect's ends do not behave as ends
      │    ├── ImageError            a kernel image or vmlinux that cannot be read
+     │    ├── ModuleError           (elf/modinfo.py) kernel modules without a load order: unknown, missing, a cycle
      │    ├── ArtefactError         (report/) a saved run that cannot be read: damaged, or a newer format
      │    └── UnsupportedError      a feature that is not implemented (yet)
      └── InfrastructureError        the machine cannot do what was asked

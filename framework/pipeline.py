@@ -1,5 +1,8 @@
 """One run as a pipeline of stages: resolve kernel -> initramfs -> launch -> observe -> analyse -> judge -> report.
 
+Resolving the kernel includes the config's modules (``kernel.modules.resolve_modules``): the
+``.ko`` files /init loads, before anything boots; they are listed in the artefacts' modules.json.
+
 ``execute`` runs them all; ``check`` runs the last three on a saved run (its
 console.log, result.json and analysis files), so a saved run is judged exactly
 as the live one was.
@@ -13,11 +16,12 @@ from __future__ import annotations
 
 import datetime
 import functools
+import json
 import shlex
 import shutil
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -34,6 +38,7 @@ from .errors import LaunchError, PatchscopeError, UnsupportedError
 from .guest import initramfs
 from .kernel import xen
 from .kernel.image import Kernel, prepare_kernel
+from .kernel.modules import ModuleFile, resolve_modules
 from .kernel.refs import parse_ref
 from .observe.console import ConsoleThread
 from .observe.debug import DebugSession
@@ -125,10 +130,18 @@ def not_applicable(config: Config, kernel: Kernel) -> str | None:
 
 
 def applicability(config: Config, note: Note) -> str | None:
-    """Why ``config`` does not apply to its kernel (the kernel is prepared to tell); None when it does."""
-    if not config.requires:
+    """Why ``config`` does not apply to its kernel (the kernel is prepared to tell); None when it does.
+
+    A config that applies and loads modules has them resolved here too, so that a module the
+    kernel's package does not hold fails now (a ConfigError at its line), before anything boots.
+    """
+    if not config.requires and not config.modules:
         return None
-    return not_applicable(config, prepare(config, note))
+    kernel = prepare(config, note)
+    why = not_applicable(config, kernel)
+    if why is None:
+        resolve_modules(config, kernel, note)
+    return why
 
 
 @dataclass
@@ -168,6 +181,9 @@ def execute(req: RunRequest, note: Note) -> RunResult:
         check_mode(req.mode)
         kernel = prepare(cfg, note)
         facts.kernel, facts.symbol_source = kernel.identity(), kernel.symbol_source
+        modules = resolve_modules(cfg, kernel, note)      # a module that cannot be had fails before the boot
+        if modules:
+            write_modules(out, modules)
         hypervisor = prepare_xen(cfg, note) if req.mode == "xen-pv" else None
         if hypervisor is not None:
             facts.hypervisor = hypervisor.identity()
@@ -178,8 +194,8 @@ def execute(req: RunRequest, note: Note) -> RunResult:
             inspection = Inspection(kernel, inspect, out, note, timeout=cfg.timeout,
                                     where=(cfg.path, cfg.lines.get("inspect.capture")),
                                     trace=req.trace or inspect.trace, scenario=cfg.scenario,
-                                    debugger=req.debugger)
-        lines, ending = _boot(req, kernel, hypervisor, note, facts, inspection)
+                                    debugger=req.debugger, modules=[(m.name, m.path) for m in modules])
+        lines, ending = _boot(req, kernel, hypervisor, note, facts, inspection, modules)
         if facts.hypervisor is not None:
             facts.hypervisor["banner"] = xen.banner([text for _, text in lines])
         observation = observe(lines, ending)
@@ -222,10 +238,11 @@ DebugStep = Callable[[Qemu, ConsoleThread, machine.Machine], None]
 
 
 def _boot(req: RunRequest, kernel: Kernel, hypervisor: xen.Hypervisor | None, note: Note,
-          facts: _Facts, inspect: DebugStep | None = None) -> tuple[list[TimedLine], Ending]:
+          facts: _Facts, inspect: DebugStep | None = None,
+          modules: Sequence[ModuleFile] = ()) -> tuple[list[TimedLine], Ending]:
     cfg = req.config
     out = req.outdir
-    initrd = _initramfs(cfg, out, req.interactive, note)
+    initrd = _initramfs(cfg, out, req.interactive, note, modules)
     accel, why = resolve_accel(req.accel, kernel.bzimage, note)
     sockdir = private_socket_dir()
     m = machine.Machine(
@@ -284,15 +301,27 @@ def _kernel_spoke(lines: list[TimedLine]) -> bool:
     return any("Linux version" in text or text.startswith("(XEN)") for _, text in lines)
 
 
-def _initramfs(cfg: Config, out: Path, interactive: bool, note: Note) -> Path | None:
+def _initramfs(cfg: Config, out: Path, interactive: bool, note: Note,
+               modules: Sequence[ModuleFile] = ()) -> Path | None:
     if cfg.initramfs == "none":
         return None
     if cfg.initramfs != "default":
         return Path(cfg.initramfs)
     busybox = initramfs.find_busybox(note)
     path = out / "initramfs.cpio"
-    path.write_bytes(initramfs.build(busybox.read_bytes(), cfg.init_commands, interactive))
+    loads = [initramfs.Module(m.name, m.path.read_bytes()) for m in modules]
+    path.write_bytes(initramfs.build(busybox.read_bytes(), cfg.init_commands, interactive, loads))
     return path
+
+
+MODULES_FILE = "modules.json"
+
+
+def write_modules(out: Path, modules: Sequence[ModuleFile]) -> None:
+    """modules.json in the artefacts: the modules /init loads, in order, with the host .ko each one is."""
+    data = [{"n": n, "name": m.name, "path": str(m.path), "origin": m.origin, "load": m.load,
+             "dependency": m.dependency} for n, m in enumerate(modules, start=1)]
+    (out / MODULES_FILE).write_text(json.dumps(data, indent=2) + "\n")
 
 
 def _stage_printer(note: Note, name: str, mode: Mode) -> Callable[[float, str], None]:

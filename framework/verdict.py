@@ -3,8 +3,8 @@
 ``judge`` is the one place a verdict is made (``could_not_run`` makes the
 "error" verdict of a run that never got that far); the run pipeline and
 ``patchscope check`` both call it. Helpers below turn each part of the
-expectation into reasons: the outcome and console, the patch sites, the
-trace's self-check, the scenario's stops and NMIs.
+expectation into reasons: the outcome and console, the module loads, the
+patch sites, the trace's self-check, the scenario's stops and NMIs.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from .analysis.observation import Observation
 from .analysis.sites import Comparison, SiteState, insns_text, normalize_insns
 from .config import Config, Expect, SiteAssertion
 from .domain import Mode, VerdictName
+from .guest.markers import MODULE_MARKER
 from .scenario import MAX_STOPS, NmiRecord, Scenario
 
 MAX_REASONS = 30
@@ -65,6 +66,8 @@ def judge(config: Config, observation: Observation, analysis: Analysis | None = 
     if analysis is not None and analysis.error:
         reasons.append(f"inspection: {analysis.error}")
     reasons += _judge_observation(expect, observation)
+    loads = module_loads(observation.lines)
+    reasons += judge_module_loads(config, loads)
     reasons += judge_sites(analysis.comparisons if analysis is not None else {}, expect)
     reasons += _judge_trace(config, analysis)
     if config.scenario is not None:
@@ -74,6 +77,7 @@ def judge(config: Config, observation: Observation, analysis: Analysis | None = 
                            "it ran without this scenario")
         else:
             reasons += judge_scenario(expect, config.scenario, log.stops, log.nmis, log.bound_reached)
+    reasons += judge_modules_missing(config, observation, loads, explained=bool(reasons))
     if len(reasons) > MAX_REASONS:
         reasons = reasons[:MAX_REASONS] + [f"… and {len(reasons) - MAX_REASONS} more"]
     return Verdict("fail" if reasons else "pass", tuple(reasons))
@@ -128,6 +132,68 @@ def _first(pattern: re.Pattern[str], lines: list[str]) -> int | None:
     return next((i for i, ln in enumerate(lines) if pattern.search(ln)), None)
 
 
+# --- module loads -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModuleResult:
+    """One module /init tried to load, from its markers: ``result`` None while insmod had not returned."""
+
+    n: int
+    name: str
+    result: str | None = None     # "loaded" or "failed"
+    message: str = ""             # insmod's output, when it failed
+
+
+def module_loads(lines: Sequence[str]) -> dict[str, ModuleResult]:
+    """The module loads /init reported on the console, by module name, in load order."""
+    loads: dict[str, ModuleResult] = {}
+    for line in lines:
+        m = MODULE_MARKER.search(line)
+        if m is None:
+            continue
+        name, result = m.group("name"), m.group("result")
+        if result is None:
+            loads.setdefault(name, ModuleResult(int(m.group("n")), name))
+        else:
+            loads[name] = ModuleResult(int(m.group("n")), name, result, (m.group("message") or "").strip())
+    return loads
+
+
+def judge_module_loads(config: Config, loads: Mapping[str, ModuleResult]) -> list[str]:
+    """Reasons the module loads differ from the config: insmod refused one it must take (a dependency
+    included), or took one marked ``load: fails``; [] when they agree."""
+    reasons: list[str] = []
+    for load in loads.values():
+        wanted = config.module_load(load.name)
+        if load.result == "failed" and wanted == "ok":
+            reasons.append(f"module {load.name} failed to load: {load.message or 'insmod failed'}")
+        elif load.result == "loaded" and wanted == "fails":
+            reasons.append(f"module {load.name} loaded, but the config expects insmod to refuse it (load: fails)")
+    return reasons
+
+
+def judge_modules_missing(config: Config, obs: Observation, loads: Mapping[str, ModuleResult],
+                          explained: bool) -> list[str]:
+    """Modules of the config /init never tried (or never finished), when nothing else explains it:
+    not when the run already failed for another reason (``explained``), nor when the boot died inside
+    an insmod (a module that crashes the kernel on purpose, say)."""
+    if explained:
+        return []
+    unfinished = [load for load in loads.values() if load.result is None]
+    if unfinished and obs.outcome != "boots":
+        return []
+    reasons = [f"module {load.name}: insmod never returned, yet the boot went on" for load in unfinished]
+    for spec in config.modules:
+        if spec.name in loads:
+            continue
+        if obs.outcome == "boots":
+            reasons.append(f"module {spec.name} was never loaded: /init finished without trying it "
+                           "(was the run made with this config?)")
+        else:
+            reasons.append(f"module {spec.name} was never loaded: the boot ended after '{obs.last_stage}' first")
+    return reasons
+
+
 # --- patch sites ------------------------------------------------------------------
 
 MAX_SITES_NAMED = 20
@@ -135,10 +201,12 @@ MAX_SITES_NAMED = 20
 
 def _selected(a: SiteAssertion, comparison: Comparison) -> list[SiteState]:
     out: list[SiteState] = []
-    for table, states in comparison.sites.items():
-        if a.table is not None and table != a.table:
-            continue
+    for states in comparison.sites.values():
         for st in states:
+            if a.table is not None and st.site.table != a.table:
+                continue
+            if st.site.module != a.module and not (a.module == "*" and st.site.module is not None):
+                continue
             if a.op is not None and st.site.op != a.op:
                 continue
             if a.feature is not None and st.site.feature != a.feature:
@@ -151,7 +219,8 @@ def _selected(a: SiteAssertion, comparison: Comparison) -> list[SiteState]:
 
 def _name(st: SiteState) -> str:
     what = st.site.op or st.site.feature or st.site.table
-    return f"{what} at {st.symbol} ({st.site.address:#x})"
+    module = f" [{st.site.module}]" if st.site.module else ""
+    return f"{what} at {st.symbol}{module} ({st.site.address:#x})"
 
 
 def _listing(bad: list[tuple[SiteState, str]], total: int, what: str) -> str:

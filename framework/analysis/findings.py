@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..scenario import NMI_RECORD_STATES, NmiRecord
+from .relocorder import Overlap
 from .sites import Comparison
 from .trace import CheckResult
 
@@ -95,11 +96,18 @@ class TraceSummary:
     ended: str
     counts: Mapping[str, Mapping[str, int]]
     check: CheckResult | None
+    relocations: tuple[Mapping[str, object], ...] = ()   # apply_relocate_add() calls, as Relocation.to_json()
+    overlaps: tuple[Overlap, ...] = ()                    # seed 002: writes under a later relocation
 
     def to_json(self) -> dict[str, object]:
-        return {"events": self.events, "stops": self.stops, "ended": self.ended,
-                "counts": {k: dict(v) for k, v in self.counts.items()},
-                "self_check": self.check.to_json() if self.check is not None else None}
+        out: dict[str, object] = {
+            "events": self.events, "stops": self.stops, "ended": self.ended,
+            "counts": {k: dict(v) for k, v in self.counts.items()},
+            "self_check": self.check.to_json() if self.check is not None else None}
+        if self.relocations:
+            out["relocations"] = [dict(r) for r in self.relocations]
+            out["overlaps"] = [o.to_json() for o in self.overlaps]
+        return out
 
     @staticmethod
     def from_json(data: Mapping[str, object]) -> TraceSummary:
@@ -108,7 +116,11 @@ class TraceSummary:
         return TraceSummary(int(str(data["events"])), int(str(data["stops"])), str(data.get("ended") or ""),
                             {str(w): {str(s): int(n) for s, n in v.items()} for w, v in counts.items()
                              if isinstance(v, dict)} if isinstance(counts, dict) else {},
-                            CheckResult.from_json(check) if isinstance(check, dict) else None)
+                            CheckResult.from_json(check) if isinstance(check, dict) else None,
+                            tuple(r for r in relocations if isinstance(r, dict))
+                            if isinstance(relocations := data.get("relocations"), list) else (),
+                            tuple(Overlap.from_json(o) for o in overlaps if isinstance(o, dict))
+                            if isinstance(overlaps := data.get("overlaps"), list) else ())
 
 
 @dataclass(frozen=True)

@@ -185,6 +185,11 @@ class Capture:
 # --- comparison -----------------------------------------------------------------------
 
 
+def table_key(table: str, module: str | None) -> str:
+    """The key of a table in :attr:`Comparison.sites`: ``paravirt`` for vmlinux, ``kvm:paravirt`` for a module."""
+    return table if module is None else f"{module}:{table}"
+
+
 def _strings(value: object) -> tuple[str, ...]:
     return tuple(str(v) for v in value) if isinstance(value, list) else ()
 
@@ -279,7 +284,7 @@ class Comparison:
         tables: dict[str, list[SiteState]] = {str(t): [] for t in counts} if isinstance(counts, dict) else {}
         for row in sites:
             st = SiteState.from_json(row)
-            tables.setdefault(st.site.table, []).append(st)
+            tables.setdefault(table_key(st.site.table, st.site.module), []).append(st)
 
         def rows(key: str) -> list[Mapping[str, object]]:
             value = data.get(key)

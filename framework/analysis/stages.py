@@ -4,6 +4,12 @@ A stage is reached the first time its pattern appears. The table's order is
 the boot's order, so "the last stage reached" is the furthest one in the
 table that was seen. Adding a stage means adding a row here and a line to a
 recorded console log under tests/data/console/.
+
+One row stands for many stages: the module loads /init reports
+(``patchscope: module N: NAME`` …) each give a stage of their own, named
+``module-N`` ("loading module NAME"), ``module-N-loaded`` ("module NAME loaded")
+and ``module-N-failed`` ("module NAME failed to load"), in load order after
+"patchscope /init".
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from ..guest.markers import MARKER_DONE, MARKER_USERSPACE
+from ..guest.markers import MARKER_DONE, MARKER_USERSPACE, MODULE_MARKER
 
 
 @dataclass(frozen=True)
@@ -42,11 +48,13 @@ STAGES: tuple[StageRow, ...] = (
     _row("free-initmem", "Freeing unused kernel image", r"Freeing unused kernel image \(initmem\) memory"),
     _row("run-init", "Run /init", r"Run \S+ as init process"),
     _row("userspace", "patchscope /init", re.escape(MARKER_USERSPACE)),
+    StageRow("module", "module loads", MODULE_MARKER),     # one stage per marker: see module_stage
     _row("init-done", "init done", re.escape(MARKER_DONE) + r"\s*$"),
     _row("power-off", "reboot: Power down", r"reboot: Power down"),
     _row("xen-s5", "Xen: Entering ACPI S5", r"^\(XEN\) Entering ACPI S5 state"),
 )
 START_LABEL = "QEMU started"
+_ORDER = {row.name: i for i, row in enumerate(STAGES)}
 
 
 @dataclass(frozen=True)
@@ -65,11 +73,33 @@ class Stage:
         return Stage(str(data["name"]), str(data["label"]), None if t is None else float(str(t)), int(str(data["line"])))
 
 
+_MODULE_RESULTS = {None: ("", "loading module {name}"), "loaded": ("-loaded", "module {name} loaded"),
+                   "failed": ("-failed", "module {name} failed to load")}
+
+
+def module_stage(m: re.Match[str]) -> StageRow:
+    """The stage of one module marker (a match of ``MODULE_MARKER``)."""
+    suffix, label = _MODULE_RESULTS[m.group("result")]
+    return StageRow(f"module-{int(m.group('n'))}{suffix}", label.format(name=m.group("name")), MODULE_MARKER)
+
+
 def match_stage(text: str) -> StageRow | None:
     for row in STAGES:
-        if row.pattern.search(text):
-            return row
+        m = row.pattern.search(text)
+        if m is not None:
+            return module_stage(m) if row.name == "module" else row
     return None
+
+
+def _rank(name: str) -> tuple[int, int, int]:
+    """Where a stage lies in boot order: its row, then (module stages) the load number and start before result."""
+    order = _ORDER.get(name)
+    if order is not None:
+        return order, 0, 0
+    m = re.fullmatch(r"module-(\d+)(-loaded|-failed)?", name)
+    if m is not None:
+        return _ORDER["module"], int(m.group(1)), 1 if m.group(2) else 0
+    return -1, 0, 0
 
 
 def find_stages(lines: Iterable[tuple[float | None, str]]) -> list[Stage]:
@@ -84,10 +114,9 @@ def find_stages(lines: Iterable[tuple[float | None, str]]) -> list[Stage]:
 
 def last_stage(stages: Sequence[Stage]) -> str:
     """The label of the furthest stage reached, in table order."""
-    order = {row.name: i for i, row in enumerate(STAGES)}
     if not stages:
         return START_LABEL
-    return max(stages, key=lambda s: order.get(s.name, -1)).label
+    return max(stages, key=lambda s: _rank(s.name)).label
 
 
 def reached(stages: Sequence[Stage], name: str) -> bool:

@@ -63,6 +63,12 @@ MEMSET = "text_poke_memset"
 SNAPSHOT_START = "start_kernel"
 SNAPSHOT_PATCHING = "alternative_instructions"
 MAX_EVENT_LEN = 256   # a text write longer than this is reported, not recorded in full
+# Module loading, marked in the trace (no bytes of their own): module_finalize(hdr, sechdrs, me) starts
+# the patching of a module's own tables; apply_relocate_add(sechdrs, strtab, symindex, relsec, me) applies
+# one relocation section (the loader's, before module_finalize; livepatch's .klp.rela ones, later).
+MODULE_FINALIZE = "module_finalize"
+APPLY_RELOCATE_ADD = "apply_relocate_add"
+MODULE_EVENTS = (MODULE_FINALIZE, APPLY_RELOCATE_ADD)
 
 # The stage a write belongs to, from the function that called the writer.
 _STAGE_BY_CALLER = (
@@ -81,6 +87,8 @@ _STAGE_BY_CALLER = (
     ("jump_label", "jump_labels"),
     ("text_poke_bp", "text_poke_bp"),   # int3-protected live patching: text_poke_bp_batch and friends
     ("int3_", "int3"),
+    ("klp_", "livepatch"),
+    ("load_module", "relocations"),
 )
 
 
@@ -110,6 +118,7 @@ class Event:
     symbol: str | None = None        # the written address as "function+0xoff"
     window: str = ""                 # the snapshot interval it fell in: "early", "setup", "patching", "live"
     skipped: bool = False            # a scenario returned from the writer before it wrote
+    module: str | None = None        # the module whose text it writes (or whose load it marks)
 
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -122,6 +131,8 @@ class Event:
             out["caller_symbol"] = self.caller_symbol
         if self.skipped:
             out["skipped"] = True
+        if self.module is not None:
+            out["module"] = self.module
         return out
 
     @staticmethod
@@ -133,7 +144,8 @@ class Event:
                      caller=int(str(caller), 16) if caller else None,
                      caller_symbol=str(data["caller_symbol"]) if data.get("caller_symbol") else None,
                      symbol=str(data["symbol"]) if data.get("symbol") else None,
-                     window=str(data.get("window") or ""), skipped=bool(data.get("skipped")))
+                     window=str(data.get("window") or ""), skipped=bool(data.get("skipped")),
+                     module=str(data["module"]) if data.get("module") else None)
 
     def describe(self, width: int = 16) -> str:
         """One line for a terminal."""
@@ -141,8 +153,12 @@ class Event:
         more = "…" if len(self.new) > width else ""
         who = f"  ({self.caller_symbol})" if self.caller_symbol else ""
         skipped = "  [skipped]" if self.skipped else ""
+        module = f" [{self.module}]" if self.module else ""
+        if self.source in MODULE_EVENTS:       # a marker: the load step, not a write
+            return (f"#{self.seq:<6} {self.t:8.3f} s  {self.stage:<13} {self.address:#x} "
+                    f"<{self.symbol or '?'}>{module}  {self.source}{who}")
         return (f"#{self.seq:<6} {self.t:8.3f} s  {self.stage:<13} {self.address:#x} "
-                f"<{self.symbol or '?'}>  {len(self.new):>2}  {old}{more} -> {new}{more}{who}{skipped}")
+                f"<{self.symbol or '?'}>{module}  {len(self.new):>2}  {old}{more} -> {new}{more}{who}{skipped}")
 
 
 @dataclass

@@ -3,7 +3,8 @@
 A run that fails is reduced to facets, one per reason the verdict gave, each with
 the numbers, addresses and site listings taken out: ``crash: kernel BUG at
 arch/x86/kernel/alternative.c in apply_paravirt``, ``sites: expect.sites (line 21)
-table=paravirt: count``, ``console: no line matches /…/``. The bisect records the
+table=paravirt: count``, ``console: no line matches /…/``, ``module: kvm failed to load:
+insmod: can't insert '/lib/modules/kvm.ko': Unknown symbol in module``. The bisect records the
 bad end's facets as *the* signature; a later run is bad only when its facets hold
 every one of them. A run that fails otherwise failed for another reason: it is
 reported, and the step cannot be tested (skipped), so an unrelated breakage is
@@ -63,6 +64,12 @@ _FACETS: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str]], ...] = (
     (_SITES, lambda m: f"sites: {m.group(1)}" + (f" at {m.group(2)}" if m.group(2) else "")
      + f": {_site_check(m.group(3))}"),
     (re.compile(r"^inspection: (.*)$"), lambda m: "inspection: " + normalize(m.group(1))[:100]),
+    # verdict.judge_module_loads / judge_modules_missing: the module's name and insmod's message
+    (re.compile(r"^module (\w+) failed to load: (.*)$"),
+     lambda m: f"module: {m.group(1)} failed to load: {normalize(m.group(2))[:100]}"),
+    (re.compile(r"^module (\w+) loaded, but "), lambda m: f"module: {m.group(1)} loaded (expected to fail)"),
+    (re.compile(r"^module (\w+)(?: was never loaded|: insmod never returned)"),
+     lambda m: f"module: {m.group(1)} never loaded"),
 )
 
 

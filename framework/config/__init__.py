@@ -24,6 +24,12 @@ Schema (every key is optional)::
                              # are taken from the config file's directory
     init_commands:           # a list of shell commands patchscope's /init runs after boot,
       - cat /proc/interrupts #   in order
+    modules:                 # kernel modules /init loads with insmod, in order, before init_commands:
+      - test_static_keys     #   a module of the kernel's Debian package by name (kvm-intel = kvm_intel;
+      - {module: kvm_amd, load: fails}   # what it depends on (.modinfo depends=) is loaded first), or the
+                             #   path of a .ko (.ko.xz/.gz/.zst) file, relative paths from the config
+                             #   file's directory ("./NAME" for a file without a suffix or slash);
+                             #   load: ok (default) | fails: whether insmod must take the module
     timeout: 120             # seconds for the whole run; default 120
     silence: 60              # seconds without console output that count as a hang;
                              # default 60, or the timeout if that is shorter
@@ -97,6 +103,11 @@ Impossible combinations, each reported at the line of the offending key:
 * ``expect.allow_crashes`` with outcome ``hangs``;
 * ``init_commands`` or outcome ``boots`` with ``initramfs: none`` (without
   patchscope's /init nothing runs the commands or prints the success marker);
+* ``modules`` with ``initramfs: none`` or an initramfs file; a module listed twice
+  (``kvm-intel`` and ``kvm_intel`` are one); a ``.ko`` file that does not exist; a
+  directory of module sources (not supported yet). A name the kernel's package does not
+  hold is reported at its line once the kernel is known, before it boots
+  (:func:`framework.kernel.modules.resolve_modules`);
 * ``silence`` longer than ``timeout``;
 * a regex that does not compile, or an empty one (it would match anything);
 * ``expect.stops`` without a scenario, or at a place no rule stops at; ``expect.nmi``
@@ -134,6 +145,7 @@ from .model import (
     ConsoleExpect,
     Expect,
     Inspect,
+    ModuleSpec,
     QemuOptions,
     Requires,
     SiteAssertion,
@@ -154,6 +166,7 @@ __all__ = [
     "Expect",
     "Inspect",
     "Mode",
+    "ModuleSpec",
     "Outcome",
     "QemuOptions",
     "Requires",

@@ -9,7 +9,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from ..domain import DEFAULT_HYPERVISOR, DEFAULT_KERNEL, MODES, TABLES, Mode, Outcome
 from ..scenario import Scenario, StopExpect
@@ -18,11 +18,13 @@ __all__ = [
     "DEFAULT_DOM0_MEMORY_MIB",
     "DEFAULT_SILENCE",
     "DEFAULT_TIMEOUT",
+    "MODULE_LOADS",
     "Config",
     "ConsoleExpect",
     "Expect",
     "ExpectOverlay",
     "Inspect",
+    "ModuleSpec",
     "QemuOptions",
     "SiteAssertion",
 ]
@@ -117,6 +119,7 @@ class SiteAssertion:
     op: str | None = None                      # paravirt: "irq.save_fl"
     feature: str | None = None                 # alternatives: "X86_FEATURE_XENPV" or "!X86_FEATURE_XENPV"
     symbol: re.Pattern[str] | None = None      # regex on "function+0xoff"
+    module: str | None = None                  # a loaded module's sites ("*": every module's); None: vmlinux's
     at: str | None = None                      # capture point (default: the last)
     insns: str | None = None                   # every selected site's live instructions, NOPs left out
     insns_regex: re.Pattern[str] | None = None
@@ -125,9 +128,32 @@ class SiteAssertion:
     line: int | None = field(default=None, compare=False)
 
     def describe(self) -> str:
-        sel = [f"{k}={v}" for k, v in (("table", self.table), ("op", self.op), ("feature", self.feature),
+        sel = [f"{k}={v}" for k, v in (("module", self.module), ("table", self.table), ("op", self.op),
+                                       ("feature", self.feature),
                                        ("symbol", self.symbol.pattern if self.symbol else None)) if v]
         return " ".join(sel) or "all sites"
+
+
+ModuleLoad = Literal["ok", "fails"]
+MODULE_LOADS: tuple[ModuleLoad, ...] = ("ok", "fails")
+# package: a module of the kernel's package, by name; file: a .ko on the host, loaded as it is;
+# source: a directory of module sources, built against the kernel (framework.build.kmod; refused for now).
+ModuleKind = Literal["package", "file", "source"]
+
+
+@dataclass(frozen=True)
+class ModuleSpec:
+    """One entry of ``modules:``: what /init loads with insmod, and whether insmod must take it."""
+
+    name: str                         # the module as patchscope names it: "kvm_intel" (a file's: its stem, - as _)
+    kind: ModuleKind = "package"
+    path: Path | None = None          # file or source: absolute; package: None
+    load: ModuleLoad = "ok"           # "fails": the config expects insmod to refuse the module
+    written: str = field(default="", compare=False)       # as the config wrote it, for messages
+    line: int | None = field(default=None, compare=False)
+
+    def shown(self) -> str:
+        return self.written or (str(self.path) if self.path is not None else self.name)
 
 
 @dataclass(frozen=True)
@@ -185,6 +211,7 @@ class Config:
     qemu: QemuOptions = QemuOptions()
     initramfs: str = "default"
     init_commands: tuple[str, ...] = ()
+    modules: tuple[ModuleSpec, ...] = ()      # loaded by /init, in this order (dependencies first)
     timeout: float = DEFAULT_TIMEOUT
     silence: float = DEFAULT_SILENCE
     expect: Expect = Expect()
@@ -200,3 +227,7 @@ class Config:
         """What a run in ``mode`` must meet: ``expect`` with that mode's section laid over it."""
         overlay = self.expect_modes.get(mode) if mode is not None else None
         return overlay.over(self.expect) if overlay is not None else self.expect
+
+    def module_load(self, name: str) -> ModuleLoad:
+        """What the config expects of insmod for module ``name``: its entry's ``load``; "ok" for a dependency."""
+        return next((spec.load for spec in self.modules if spec.name == name), "ok")

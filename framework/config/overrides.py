@@ -17,7 +17,16 @@ import yaml
 from .. import yamlnode as yn
 from ..errors import ConfigError
 from ..scenario import Action, Scenario, StopExpect, Trigger, parse_expression
-from .model import DEFAULT_SILENCE, Config, ConsoleExpect, Expect, ExpectOverlay, QemuOptions, SiteAssertion
+from .model import (
+    DEFAULT_SILENCE,
+    Config,
+    ConsoleExpect,
+    Expect,
+    ExpectOverlay,
+    ModuleSpec,
+    QemuOptions,
+    SiteAssertion,
+)
 from .schema import SCHEMA, build_config, parse_modes
 
 __all__ = ["default_config", "to_yaml_dict", "with_overrides"]
@@ -28,6 +37,12 @@ _COMMAND_LINE = "<command line>"
 
 def _qemu_dict(qemu: QemuOptions) -> dict[str, object]:
     return {"cpu": qemu.cpu, "memory": qemu.memory_mib, "smp": qemu.smp, "extra": list(qemu.extra)}
+
+
+def _module_value(spec: ModuleSpec) -> object:
+    """A ``modules:`` entry: the name, or the file's absolute path; a mapping when insmod must refuse it."""
+    module = spec.name if spec.path is None else str(spec.path)
+    return module if spec.load == "ok" else {"module": module, "load": spec.load}
 
 
 def _console_dict(console: ConsoleExpect) -> dict[str, object]:
@@ -129,7 +144,7 @@ def _scenario_dict(scenario: Scenario) -> dict[str, object]:
 
 def _site_dict(a: SiteAssertion) -> dict[str, object]:
     data: dict[str, object] = {
-        "table": a.table, "op": a.op, "feature": a.feature,
+        "table": a.table, "op": a.op, "feature": a.feature, "module": a.module,
         "symbol": a.symbol.pattern if a.symbol else None, "at": a.at,
         "insns": ([] if a.insns == "" else a.insns) if a.insns is not None else None,
         "insns_regex": a.insns_regex.pattern if a.insns_regex else None,
@@ -151,6 +166,7 @@ def to_yaml_dict(config: Config) -> dict[str, object]:
         "qemu": _qemu_dict(config.qemu),
         "initramfs": config.initramfs,
         "init_commands": list(config.init_commands),
+        "modules": [_module_value(spec) for spec in config.modules],
         "timeout": config.timeout,
         "silence": config.silence,
         "expect": _expect_dict(config.expect) | _overlays_dict(config),
@@ -181,6 +197,8 @@ def _node(ctx: yn.Ctx, value: object, depth: int = 0) -> yaml.Node:
         value = _console_dict(value)
     elif isinstance(value, Scenario):
         value = _scenario_dict(value)
+    elif isinstance(value, ModuleSpec):
+        value = _module_value(value)
     elif isinstance(value, re.Pattern) and isinstance(value.pattern, str):
         value = value.pattern
     elif isinstance(value, Path):

@@ -20,6 +20,7 @@ import yaml
 from .. import yamlnode as yn
 from ..domain import CAPTURE_POINTS, DEFAULT_HYPERVISOR, DEFAULT_KERNEL, MODES, OUTCOMES, TABLES, Mode, Outcome
 from ..domain import SITE_STATES as STATES
+from ..elf.modinfo import KO_SUFFIXES, module_name, strip_ko_suffix
 from ..scenario import Scenario, StopExpect
 from ..scenario import parse as scenario_parse
 from .model import (
@@ -32,10 +33,12 @@ from .model import (
     Expect,
     ExpectOverlay,
     Inspect,
+    ModuleSpec,
     QemuOptions,
     Requires,
     SiteAssertion,
 )
+from .model import MODULE_LOADS as _MODULE_LOADS
 
 __all__ = ["MAX_CONFIG_BYTES", "MAX_NAME_LENGTH", "SCHEMA", "build_config", "load_config", "parse_config",
            "parse_modes"]
@@ -128,12 +131,19 @@ _SITE_RULE = yn.Section({
     "feature": yn.text("a CPU feature such as 'X86_FEATURE_XENPV' or '!X86_FEATURE_XENPV'",
                        pattern=r"!?X86_FEATURE_\S+"),
     "symbol": yn.optional_regex,
+    "module": yn.text("a loaded module's name such as 'kvm', or '*' for every module",
+                      pattern=r"\*|[A-Za-z0-9_-]+"),
     "at": yn.text("a capture point", pattern=r"\S+"),
     "insns": _insns,
     "insns_regex": yn.regex,
     "state": yn.names("a site state or a list of them", _state_name),
     "count": _count_range,
 })
+
+
+def _module_name(text: str | None) -> str | None:
+    """Module names as the kernel spells them: kvm-intel.ko is module kvm_intel."""
+    return None if text is None else text.replace("-", "_")
 
 
 def _site_assertions(ctx: yn.Ctx, node: yaml.Node, key: str) -> tuple[SiteAssertion, ...]:
@@ -151,6 +161,7 @@ def _site_assertions(ctx: yn.Ctx, node: yaml.Node, key: str) -> tuple[SiteAssert
             table=cast(str | None, values.get("table")), op=cast(str | None, values.get("op")),
             feature=cast(str | None, values.get("feature")),
             symbol=cast(re.Pattern[str] | None, values.get("symbol")), at=cast(str | None, values.get("at")),
+            module=_module_name(cast(str | None, values.get("module"))),
             insns=cast(str | None, values.get("insns")),
             insns_regex=cast(re.Pattern[str] | None, values.get("insns_regex")),
             state=cast(tuple[str, ...] | None, values.get("state")),
@@ -233,6 +244,90 @@ def _qemu_arg(ctx: yn.Ctx, node: yaml.Node, key: str, text: str) -> None:
             raise ctx.fail(node, f"{key}: {_RESERVED_QEMU_OPTIONS[option]}")
 
 
+# --------------------------------------------------------------------------- modules
+
+_MODULE_NAME = re.compile(r"[A-Za-z0-9_-]+")
+MODULE_NAME_MAX = 55          # MODULE_NAME_LEN (64 - sizeof(unsigned long)) less the NUL
+_MODULE_ENTRY = yn.Section({
+    "module": yn.text("a module name such as 'kvm' or the path of a .ko file"),
+    "load": yn.choice(_MODULE_LOADS),
+})
+_MODULE_EXAMPLE = "{module: kvm_amd, load: fails}"
+
+
+def _module_sources(ctx: yn.Ctx, node: yaml.Node, key: str, text: str, directory: str) -> ModuleSpec:
+    """A directory of module sources, to be built against the kernel (framework.build.kmod). Not wired yet:
+    when it is, return ModuleSpec(name, kind="source", path=directory, …) here and build it in
+    :func:`framework.kernel.modules.build_module_sources`."""
+    raise ctx.fail(node, f"{key}: {directory} is a directory; building modules from sources is not supported "
+                         "yet: give a module name or the path of a built .ko file")
+
+
+def _module_entry(ctx: yn.Ctx, node: yaml.Node, key: str, text: str) -> ModuleSpec:
+    """A module name of the kernel's package, or the path of a .ko file (relative to the config's directory)."""
+    if _MODULE_NAME.fullmatch(text) and strip_ko_suffix(text) is None:
+        if len(text) > MODULE_NAME_MAX:
+            raise ctx.fail(node, f"{key}: module name {yn.quote(text)} is longer than the kernel's "
+                                 f"{MODULE_NAME_MAX} characters")
+        return ModuleSpec(module_name(text), "package", None, written=text, line=yn.line_of(node))
+    if "/" not in text and strip_ko_suffix(text) is None:
+        raise ctx.fail(node, f"{key}: {yn.quote(text)} is neither a module name (letters, digits, '_' and '-', "
+                             f"such as 'kvm_intel') nor the path of a module file ({', '.join(KO_SUFFIXES)})")
+    resolved = os.path.abspath(os.path.join(ctx.base_dir, os.path.expanduser(text)))
+    try:
+        mode = os.stat(resolved).st_mode
+    except (OSError, ValueError) as err:
+        if isinstance(err, OSError) and err.errno not in (errno.ENOENT, errno.ENOTDIR):
+            raise ctx.fail(node, f"{key}: cannot use {resolved} ({err.strerror or err})") from None
+        raise ctx.fail(node, f"{key}: module file {resolved} not found") from None
+    if stat.S_ISDIR(mode):
+        return _module_sources(ctx, node, key, text, resolved)
+    stem = strip_ko_suffix(os.path.basename(resolved))
+    if not stat.S_ISREG(mode) or stem is None:
+        raise ctx.fail(node, f"{key}: {resolved} is not a module file (a regular file named NAME.ko, "
+                             f"or compressed: {', '.join(KO_SUFFIXES[1:])})")
+    if not _MODULE_NAME.fullmatch(stem) or len(stem) > MODULE_NAME_MAX:
+        raise ctx.fail(node, f"{key}: {os.path.basename(resolved)}: a module file is named after its module: "
+                             f"1-{MODULE_NAME_MAX} letters, digits, '_' or '-', then .ko")
+    return ModuleSpec(module_name(stem), "file", Path(resolved), written=text, line=yn.line_of(node))
+
+
+def _modules(ctx: yn.Ctx, node: yaml.Node, key: str) -> tuple[ModuleSpec, ...]:
+    """``modules:``: names or .ko paths, or mappings {module: …, load: ok|fails}; each module once."""
+    if yn.is_null(node):
+        return ()
+    entries = node.value if yn.is_list(node) else [node] if isinstance(node, yaml.ScalarNode) else None
+    if entries is None:
+        raise ctx.fail(node, f"{key} must be a list of module names or .ko paths, not {yn.describe(node)}")
+    out: list[ModuleSpec] = []
+    for index, item in enumerate(entries):
+        item_key = f"{key}[{index}]" if yn.is_list(node) else key
+        ctx.note(item_key, item)
+        load = "ok"
+        if yn.is_mapping(item):
+            values = yn.read_section(ctx, item, _MODULE_ENTRY, item_key + ".")
+            if "module" not in values:
+                raise ctx.fail(item, f"{item_key} needs module: (a name or a .ko path), as in {_MODULE_EXAMPLE}")
+            text, load = str(values["module"]), str(values.get("load", "ok"))
+            where = next(value for name, value in item.value if name.value == "module")
+        elif isinstance(item, yaml.ScalarNode) and not yn.is_null(item):
+            where, text = item, yn.scalar_text(ctx, item, item_key, "a module name or a .ko path")
+            if text == "":
+                raise ctx.fail(item, f"{item_key} is empty")
+        else:
+            raise ctx.fail(item, f"{item_key} must be a module name, a .ko path or a mapping such as "
+                                 f"{_MODULE_EXAMPLE}, not {yn.describe(item)}")
+        spec = _module_entry(ctx, where, item_key, text)
+        spec = ModuleSpec(spec.name, spec.kind, spec.path, "fails" if load == "fails" else "ok",
+                          written=spec.written, line=yn.line_of(item))
+        first = next((i for i, other in enumerate(out) if other.name == spec.name), None)
+        if first is not None:
+            again = f" (first as {key}[{first}], line {out[first].line})" if out[first].line else ""
+            raise ctx.fail(item, f"{item_key}: module {spec.name!r} is listed twice{again}")
+        out.append(spec)
+    return tuple(out)
+
+
 # --------------------------------------------------------------------------- the schema
 
 _NAME_PATTERN = rf"(?![.]+$)[A-Za-z0-9._-]{{1,{MAX_NAME_LENGTH}}}"
@@ -271,6 +366,7 @@ SCHEMA = yn.Section({
     "initramfs": _initramfs,
     "init_commands": yn.words("a list of shell commands, e.g. ['cat /proc/interrupts']",
                               split=False),
+    "modules": _modules,
     "timeout": yn.seconds,
     "silence": yn.seconds,
     "inspect": yn.Section({
@@ -305,6 +401,7 @@ def build_config(ctx: yn.Ctx, values: Mapping[str, object], name: str, path: Pat
     allow_crashes = get(expect, "allow_crashes", cast(tuple[re.Pattern[str], ...], ()))
     initramfs = get(values, "initramfs", "default")
     init_commands = get(values, "init_commands", cast(tuple[str, ...], ()))
+    modules = get(values, "modules", cast(tuple[ModuleSpec, ...], ()))
     timeout = get(values, "timeout", DEFAULT_TIMEOUT)
     silence = get(values, "silence", min(DEFAULT_SILENCE, timeout))
 
@@ -320,6 +417,11 @@ def build_config(ctx: yn.Ctx, values: Mapping[str, object], name: str, path: Pat
         raise ctx.fail(lines.get("init_commands"),
                        "init_commands need patchscope's /init, but initramfs is 'none'; "
                        "remove them or use initramfs: default")
+    if modules and initramfs != "default":
+        what = "'none'" if initramfs == "none" else f"your own file ({initramfs})"
+        raise ctx.fail(lines.get("modules"),
+                       f"modules are loaded by patchscope's /init, but initramfs is {what}; "
+                       "remove modules or use initramfs: default")
     if outcome == "boots" and initramfs == "none":
         raise ctx.fail(lines.get("initramfs", lines.get("expect.outcome")),
                        "initramfs: none cannot go with outcome 'boots': without patchscope's /init "
@@ -380,6 +482,7 @@ def build_config(ctx: yn.Ctx, values: Mapping[str, object], name: str, path: Pat
         ),
         initramfs=initramfs,
         init_commands=init_commands,
+        modules=modules,
         timeout=float(timeout),
         silence=float(silence),
         expect=base,

@@ -241,6 +241,12 @@ class Symbols:
                 col.ends.append(section_ends[shndx])
         return Symbols(by_name, col, str(path))
 
+    def merged(self, other: Symbols, source: str = "") -> Symbols:
+        """These symbols and ``other``'s (a module's over vmlinux's): a name in both keeps this one's address."""
+        a, b = self._places, other._places
+        col = _Column(a.names + b.names, a.values + b.values, a.sizes + b.sizes, a.infos + b.infos, a.ends + b.ends)
+        return Symbols({**other._by_name, **self._by_name}, col, source or f"{self.source} + {other.source}")
+
     @staticmethod
     def from_dict(addresses: Mapping[str, int], source: str = "") -> Symbols:
         """Symbols from name -> address (global functions without a size)."""
@@ -516,12 +522,14 @@ class Site:
     target: int | None = None   # jump_labels: jump target; static_calls: the key; retpolines/returns: branch target
     flags: int | None = None    # jump_labels/static_calls: key & 3; alternatives: the raw cpuid / ft_flags
     key: int | None = None      # jump_labels/static_calls: the static key / static call key
+    module: str | None = None   # the loaded module whose table holds the site; None: vmlinux
 
     def to_json(self) -> dict[str, object]:
         def hx(v: int | None) -> str | None:
             return None if v is None else f"{v:#x}"
 
-        return {
+        module = {"module": self.module} if self.module is not None else {}
+        return {**module,
             "table": self.table, "index": self.index, "address": hx(self.address), "length": self.length,
             "original": self.original.hex(), "section": self.section, "op": self.op, "slot": self.slot,
             "feature": self.feature, "replacement": None if self.replacement is None else self.replacement.hex(),
@@ -550,7 +558,7 @@ class Site:
                     section=str(data["section"]), op=text("op"), slot=num("slot"), feature=text("feature"),
                     replacement=None if replacement is None else bytes.fromhex(str(replacement)),
                     replacement_address=hexnum("replacement_address"), target=hexnum("target"),
-                    flags=num("flags"), key=hexnum("key"))
+                    flags=num("flags"), key=hexnum("key"), module=text("module"))
 
 
 _SITE_DEFAULTS = {f.name: f.default for f in fields(Site) if f.default is not MISSING}
@@ -647,6 +655,20 @@ class Vmlinux:
         self.version_layout = layout_for(release)
         self._cache: dict[str, list[Site]] = {}
         self._pv_names: dict[int, str] | None = None
+        self._pv_ops: int | None = None
+        self.module_name: str | None = None
+
+    @classmethod
+    def module(cls, path: Path, name: str, parent: Vmlinux, symbols: Symbols) -> Vmlinux:
+        """The tables of a loaded module, linked at its run-time addresses (:func:`framework.elf.ko.link`)
+        into the ELF at ``path``: read with ``parent``'s layouts, BTF, feature and pv-op names (a module's
+        own .BTF is split BTF, relative to vmlinux's), its sites tagged with ``name``."""
+        image = cls(path, symbols, parent.release)
+        image.module_name = name
+        image.__dict__.update(layout=parent.layout, btf=parent.btf, features=parent.features)
+        image._pv_names = parent.pv_op_names()
+        image._pv_ops = parent.pv_ops_address()
+        return image
 
     @cached_property
     def layout(self) -> Layout:
@@ -818,7 +840,7 @@ class Vmlinux:
         sec = self.sections.get(name)
         if sec is not None and not sec.nobits:
             return sec.address, sec.size, f"section {name}"
-        if table in BOUNDS:
+        if table in BOUNDS and self.module_name is None:     # a module's tables are sections of their own
             lo_name, hi_name = BOUNDS[table]
             lo, hi = self.symbols.address(lo_name), self.symbols.address(hi_name)
             if lo is None or hi is None:
@@ -855,7 +877,10 @@ class Vmlinux:
         if table not in SECTIONS:
             raise ImageError(f"unknown patch table {table!r}; the tables are: {', '.join(TABLES)}")
         if table not in self._cache:
-            self._cache[table] = getattr(self, f"_read_{table}")()
+            found = getattr(self, f"_read_{table}")()
+            if self.module_name is not None:
+                found = [_site(**{**s.__dict__, "module": self.module_name}) for s in found]
+            self._cache[table] = found
         return self._cache[table]
 
     def all_sites(self, tables: Sequence[str] = TABLES) -> dict[str, list[Site]]:
@@ -1165,7 +1190,7 @@ class Vmlinux:
 
     def pv_ops_address(self) -> int | None:
         """``pv_ops`` from the symbols, else inferred from the pv sites (all ``call *pv_ops+8*type``) with a note."""
-        addr = self.symbols.address("pv_ops")
+        addr = self._pv_ops if self._pv_ops is not None else self.symbols.address("pv_ops")
         if addr is not None:
             return addr
         votes: Counter[int] = Counter()

@@ -17,20 +17,27 @@ thousands of times, speak the remote protocol to QEMU's gdbstub directly
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import difflib
 import gzip
+import json
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from ..analysis import modules as modules_mod
+from ..analysis import relocorder
 from ..analysis.findings import Analysis, LoggedStop, ScenarioLog, TraceSummary
+from ..analysis.relocorder import Relocation
 from ..analysis.sites import Capture, Comparison, compare
-from ..analysis.trace import Explainer, Model, counts, write_jsonl
+from ..analysis.trace import Event, Explainer, Model, counts, write_jsonl
 from ..config import Inspect
 from ..debugger import Backend, open_debugger
 from ..debugger.contract import DebuggerError
 from ..domain import CAPTURE_POINTS, DebuggerKind, Note
+from ..elf import kmodlist
+from ..elf import ko as ko_mod
 from ..elf.vmlinux import Site, Symbols, Vmlinux
 from ..errors import ConfigError, ImageError
 from ..kernel.image import Kernel
@@ -49,6 +56,8 @@ STATIC_CALL_TRAMP_SIZE = 5
 # 6.1 and 6.12 arch/x86/xen/enlighten_pv.c: xen_start_kernel() turns the jmp at
 # early_xen_iret_patch (entry_64.S) into "jmp xen_iret" with __text_gen_insn().
 KNOWN_WRITES = (("early_xen_iret_patch", 5, "xen_start_kernel(): jmp xen_iret"),)
+# kernel/module/main.c: static LIST_HEAD(modules), every loaded module's struct module.list.
+MODULE_LIST = "modules"
 
 
 def load_tables(kernel: Kernel, note: Note) -> tuple[Vmlinux, Symbols, dict[str, list[Site]]]:
@@ -66,7 +75,8 @@ def load_tables(kernel: Kernel, note: Note) -> tuple[Vmlinux, Symbols, dict[str,
 
 
 def comparisons_for(vmlinux: Vmlinux, symbols: Symbols, sites: Mapping[str, list[Site]],
-                    captures: Mapping[str, Capture], report_tables: Sequence[str]) -> dict[str, Comparison]:
+                    captures: Mapping[str, Capture], report_tables: Sequence[str],
+                    known_more: Sequence[tuple[int, int]] = ()) -> dict[str, Comparison]:
     pv_ops = vmlinux.pv_ops_address()
     pv_targets = ({s.address: pv_ops + 8 * s.slot for s in sites.get("paravirt", []) if s.slot is not None}
                   if pv_ops is not None else {})
@@ -79,6 +89,7 @@ def comparisons_for(vmlinux: Vmlinux, symbols: Symbols, sites: Mapping[str, list
     # sites still count as known for the whole-text checks.
     known += [(s.address, s.address + s.length) for table, found in sites.items()
               if table not in report_tables for s in found]
+    known += known_more
     reported = {table: sites[table] for table in report_tables if table in sites}
     out: dict[str, Comparison] = {}
     for name, cap in captures.items():
@@ -93,7 +104,8 @@ class Inspection:
 
     def __init__(self, kernel: Kernel, inspect: Inspect, outdir: Path, note: Note, *, timeout: float,
                  where: tuple[Path | None, int | None] = (None, None), trace: bool = False,
-                 scenario: Scenario | None = None, debugger: DebuggerKind = "auto") -> None:
+                 scenario: Scenario | None = None, debugger: DebuggerKind = "auto",
+                 modules: Sequence[tuple[str, Path]] = ()) -> None:
         self.kernel = kernel
         self.debugger = debugger
         self.trace = trace
@@ -119,7 +131,17 @@ class Inspection:
             resolve(scenario, self.symbols, self.config_path, self.pv_ops)
         addresses = [s.address for table in self.sites.values() for s in table]
         begin, end = self.symbols.address("__init_begin"), self.symbols.address("__init_end")
-        self.plan = Plan(inspect.captures, text_regions(self.vmlinux, addresses), False, timeout,
+        # Modules are loaded by /init: their text is read at its success marker, next to the booted capture.
+        self.kos = [(name, ko_mod.parse(path.read_bytes(), str(path))) for name, path in modules]
+        self.module_layout: kmodlist.ModuleLayout | None = None
+        captures = inspect.captures
+        if self.kos:
+            self.module_layout = kmodlist.module_layout(self.vmlinux.btf, str(kernel.vmlinux))
+            if self.symbols.address(MODULE_LIST) is None:
+                raise ImageError(f"{kernel.ref}: no symbol {MODULE_LIST!r} (the kernel's module list) in "
+                                 f"{kernel.symbols}; loaded modules cannot be found")
+            captures = captures if "booted" in captures else (*captures, "booted")
+        self.plan = Plan(captures, text_regions(self.vmlinux, addresses), False, timeout,
                          (begin, end) if begin is not None and end is not None else None)
         self.analysis: Analysis | None = None     # once the session is over
         self.error: str | None = None
@@ -137,9 +159,65 @@ class Inspection:
                 raise DebuggerError("inject-nmi", message="QEMU is gone")
             qmp.command("inject-nmi")
 
+        name_offset = None
+        if self.trace and self.vmlinux.btf is not None:
+            try:
+                name_offset = kmodlist.module_layout(self.vmlinux.btf, str(self.kernel.vmlinux)).name
+            except ImageError as err:
+                self.note(f"trace: module loading is not followed: {err}")
         return Options(trace=self.trace, scenario=self.scenario, config_path=self.config_path,
                        pv_ops=self.pv_ops, pv_sites=self.pv_sites,
-                       inject_nmi=inject_nmi, model=model)
+                       inject_nmi=inject_nmi, model=model,
+                       modules=self._capture_modules if self.kos else None, module_name_offset=name_offset)
+
+    def _capture_modules(self, read: kmodlist.Read) -> list[modules_mod.ModuleCapture]:
+        """At the marker: the module list, and the text of each module the config loads."""
+        assert self.module_layout is not None
+        head = self.symbols.address(MODULE_LIST)
+        assert head is not None
+        loaded = {m.name: m for m in kmodlist.walk(read, head, self.module_layout)}
+        out = []
+        for name, ko in self.kos:
+            mod = loaded.get(name)
+            if mod is None:
+                continue
+            regions, freed = modules_mod.text_to_read(ko, mod)
+            out.append(modules_mod.ModuleCapture(
+                mod, Capture("booted", {a: read(a, n) for a, n in regions}, tuple(freed))))
+        return out
+
+    def _module_comparisons(self, comparisons: dict[str, Comparison]) -> dict[str, Comparison]:
+        """Each loaded module's sites against its .ko linked where it was loaded, merged into the booted capture."""
+        captured = {m.module.name: m for m in self.outcome.modules or []}
+        linked = modules_mod.link_all(self.kos, {n: m.module for n, m in captured.items()}, self.symbols.address)
+        folder = self.outdir / "modules"
+        folder.mkdir(exist_ok=True)
+        found: list[tuple[str, Comparison]] = []
+        listing: list[dict[str, object]] = []
+        for name, ko in self.kos:
+            got, mod = linked.get(name), captured.get(name)
+            if got is None or mod is None:
+                listing.append({"module": name, "loaded": False})
+                continue
+            path = folder / f"{name}.linked.ko"
+            path.write_bytes(got.data)
+            image = Vmlinux.module(path, name, self.vmlinux, Symbols.from_elf(path).merged(self.symbols))
+            sites = image.all_sites()
+            known = [(w.address, w.address + w.size) for w in got.skipped + got.pending]
+            one = comparisons_for(image, image.symbols, sites, {"booted": mod.capture}, self.inspect.tables, known)
+            comparison = one["booted"]
+            found.append((name, dataclasses.replace(comparison, notes=tuple(
+                f"{name}: {n}" for n in (*got.notes, *image.notes)))))
+            listing.append({"module": name, "loaded": True, "state": mod.module.state,
+                            "address": hex(mod.module.address),
+                            "sections": {k: hex(v) for k, v in sorted(mod.module.sections.items(), key=lambda x: x[1])},
+                            "relocations": len(got.writes), "livepatch_relocations": len(got.pending),
+                            "unresolved": list(got.unresolved),
+                            "sites": {t: len(v) for t, v in sites.items() if v}})
+        (folder / "loaded.json").write_text(json.dumps(listing, indent=1) + "\n")
+        out = dict(comparisons)
+        out["booted"] = modules_mod.merge(comparisons.get("booted"), "booted", found)
+        return out
 
     def __call__(self, vm: Qemu, console: ConsoleThread, machine: Machine) -> None:
         assert machine.gdb_socket is not None
@@ -171,6 +249,8 @@ class Inspection:
                 console.release()
         comparisons = comparisons_for(self.vmlinux, self.symbols, self.sites, self.outcome.captures,
                                       self.inspect.tables)
+        if self.kos and self.outcome.modules is not None:
+            comparisons = self._module_comparisons(comparisons)
         self.analysis = self._analysis(comparisons)
         self.write_extras()
 
@@ -179,13 +259,41 @@ class Inspection:
         out = self.outcome
         trace = None
         if self.trace:
+            out.events, relocations = self._module_trace(out.events, out.relocations)
             trace = TraceSummary(len(out.events), out.stop_count, out.ended, counts(out.events),
-                                 out.model.check.result() if out.model is not None else None)
+                                 out.model.check.result() if out.model is not None else None,
+                                 tuple(r.to_json() for r in relocations),
+                                 tuple(relocorder.check_order(out.events, relocations)))
         scenario = None
         if self.scenario is not None:
             scenario = ScenarioLog(tuple(LoggedStop.from_json(s.to_json(self.symbols)) for s in out.stops),
                                    tuple(out.nmis), out.bound_reached)
         return Analysis(comparisons, trace, scenario, self.error)
+
+    def _module_trace(self, events: list[Event], relocations: list[Relocation]) -> tuple[list[Event],
+                                                                                      list[Relocation]]:
+        """The trace with module text writes named by module (from where the loaded modules are), and each
+        relocation section named from its .ko when the config loads it."""
+        spans = sorted((address, address + sec.size, m.module.name)
+                       for m in self.outcome.modules or [] for ko in [dict(self.kos).get(m.module.name)] if ko
+                       for sec in ko.sections if sec.executable and (address := m.module.sections.get(sec.name)))
+        starts = [s[0] for s in spans]
+        named: list[Event] = []
+        for e in events:
+            if e.module is None and spans:
+                i = bisect.bisect_right(starts, e.address) - 1
+                if i >= 0 and e.address < spans[i][1]:
+                    e = dataclasses.replace(e, module=spans[i][2])
+            named.append(e)
+        kos = dict(self.kos)
+        out = []
+        for r in relocations:
+            ko = kos.get(r.module)
+            index = int(r.section.split()[-1]) if r.section.startswith("section ") else -1
+            if ko is not None and 0 <= index < len(ko.sections):
+                r = dataclasses.replace(r, section=ko.sections[index].name)
+            out.append(r)
+        return named, out
 
     def write_extras(self) -> None:
         """What the run keeps besides its analysis: every traced write, and the scenario's memory dumps."""

@@ -29,13 +29,27 @@ costs a breakpoint removal and re-insertion, each a flush of QEMU's translated c
 
 from __future__ import annotations
 
+import struct
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ..analysis.modules import ModuleCapture
+from ..analysis.relocorder import Relocation, written_ranges
 from ..analysis.sites import Capture
-from ..analysis.trace import MAX_EVENT_LEN, MEMSET, SNAPSHOT_PATCHING, SNAPSHOT_START, TRACED, Event, Model, stage_of
+from ..analysis.trace import (
+    APPLY_RELOCATE_ADD,
+    MAX_EVENT_LEN,
+    MEMSET,
+    MODULE_FINALIZE,
+    SNAPSHOT_PATCHING,
+    SNAPSHOT_START,
+    TRACED,
+    Event,
+    Model,
+    stage_of,
+)
 from ..debugger.contract import Breakpoint, Debugger, DebuggerError, DebuggerTimeout, Stop
 from ..domain import Note
 from ..elf.vmlinux import Symbols
@@ -75,6 +89,11 @@ EARLY_ENTRY = "early_idt_handler_common"
 X86_TRAP_NMI = 2
 PT_REGS_IP = 16 * 8             # struct pt_regs: r15 … di, orig_ax, then ip
 NOP5 = bytes.fromhex("0f1f440000")
+POWER_OFF = "kernel_power_off"      # reboot(RB_POWER_OFF), which /init's "poweroff -f" makes after its marker
+MARKER_WAIT = 2.0                   # seconds for the marker line, printed just before, to reach the console thread
+SHDR = struct.Struct("<IIQQQQIIQQ")     # Elf64_Shdr
+SHF_RELA_LIVEPATCH = 0x00100000
+MAX_RELA_BYTES = 16 << 20               # a relocation section read whole up to this size
 FENTRY = "__fentry__"
 
 
@@ -92,6 +111,8 @@ class Outcome:
     error: str | None = None            # a capture or snapshot that was never reached, and why
     ended: str = ""                      # why the loop ended: marker, guest-ended, crashed, timeout, done
     stop_count: int = 0                  # every stop the loop handled
+    modules: list[ModuleCapture] | None = None   # the loaded modules' text at the marker (config modules:)
+    relocations: list[Relocation] = field(default_factory=list)   # traced apply_relocate_add() calls
 
 
 @dataclass
@@ -110,6 +131,10 @@ class Options:
     inject_nmi: Callable[[], None] | None = None
     model: Model | None = None          # the trace's model (vmlinux text of the plan's regions)
     progress: float = 10.0              # seconds between progress notes
+    # At the marker: walk the module list and read the loaded modules' text through this memory reader.
+    modules: Callable[[Callable[[int, int], bytes]], list[ModuleCapture]] | None = None
+    # Traced runs: offsetof(struct module, name) (from BTF), to follow module loading; None: not followed.
+    module_name_offset: int | None = None
 
 
 class Session:
@@ -133,6 +158,7 @@ class Session:
         self._rules_at: dict[int, list[int]] = {}
         self._wanted = list(plan.captures)
         self._marker_stop = False
+        self.module: str | None = None     # the module being loaded, from its last module_finalize/apply_relocate_add
 
     # breakpoints ---------------------------------------------------------------------------
     def _arm(self, address: int, label: str) -> None:
@@ -169,6 +195,17 @@ class Session:
             for writer in TRACED:
                 if not writer.live_only:
                     self._arm(self._need(writer.name), f"trace:{writer.name}")
+            if self.opt.module_name_offset is not None:
+                for name in (MODULE_FINALIZE, APPLY_RELOCATE_ADD):
+                    address = self.symbols.address(name)
+                    if address is not None:
+                        self._arm(address, f"module:{name}")
+        if "booted" in captures or self.opt.modules is not None:
+            # /init powers off right after its marker: stopping the guest on the way there is sure,
+            # interrupting it when the marker line arrives is a race the power-off can win.
+            address = self.symbols.address(POWER_OFF)
+            if address is not None:
+                self._arm(address, "booted")
         if self.opt.scenario is not None:
             addresses = resolve(self.opt.scenario, self.symbols, self.opt.config_path, self.opt.pv_ops)
             for i, address in enumerate(addresses):
@@ -201,6 +238,9 @@ class Session:
                 self._at_marker()
                 break
             if stop.reason == "breakpoint-hit" and stop.address in self.points:
+                if "booted" in self.points[stop.address].labels and self.console.marker.wait(MARKER_WAIT):
+                    self._at_marker()       # the power-off after the marker: the end of the session
+                    break
                 self._handle(stop.address)
             if time.monotonic() - last_note > self.opt.progress:
                 last_note = time.monotonic()
@@ -255,6 +295,8 @@ class Session:
         for label in labels:
             if label.startswith("trace:"):
                 event = self._trace_call(label[6:], regs, t)
+            elif label.startswith("module:"):
+                event = self._module_event(label[7:], regs, t)
         rules = [int(label[5:]) for label in labels if label.startswith("rule:")]
         if rules:
             resume = self._rules(address, rules, regs, t)
@@ -262,6 +304,8 @@ class Session:
                 event = replace(event, skipped=True)
         if event is not None and self.out.model is not None:
             self.out.events += self.out.model.call(event)
+            if event.source == APPLY_RELOCATE_ADD and self.out.relocations:
+                self.out.relocations[-1] = replace(self.out.relocations[-1], seq=self.out.events[-1].seq)
         if "nmi" in labels:
             self._nmi_arrived(regs)
         if "nmi-early" in labels:
@@ -270,7 +314,8 @@ class Session:
                 label.startswith(("capture:", "snapshot:")) for label in labels):
             self._snapshot_points(address, labels, regs, t)
         # resume: past the traced writer's first instruction when that is a no-op
-        if resume is None and any(label.startswith("trace:") for label in labels) and self._can_skip_entry(address):
+        if resume is None and any(label.startswith(("trace:", "module:")) for label in labels) \
+                and self._can_skip_entry(address):
             self.dbg.set_register("rip", address + len(NOP5))
         if event is not None:
             # It is about to rewrite a traced writer's first instruction (its own, or another's): look again.
@@ -290,8 +335,35 @@ class Session:
             new = self.dbg.read_memory(src, n) if n else b""
         caller = self.dbg.read_u64(regs["rsp"])
         resolved = self.symbols.resolve(caller)
+        # After boot, text_poke_early() writes only the text of a module being loaded (not yet read-only).
+        module = self.module if writer.name == "text_poke_early" and self.window == "live" else None
         return Event(0, t, function, stage_of(resolved[0] if resolved else None), addr, old, new,
-                     caller, self.symbols.format(caller), self.symbols.format(addr), self.window)
+                     caller, self.symbols.format(caller), self.symbols.format(addr), self.window, module=module)
+
+    def _module_event(self, function: str, regs: Mapping[str, int], t: float) -> Event:
+        """module_finalize(hdr, sechdrs, me) or apply_relocate_add(sechdrs, strtab, symindex, relsec, me):
+        a marker in the trace, and for a relocation section the bytes its entries write."""
+        offset = self.opt.module_name_offset
+        assert offset is not None
+        me = regs["rdx"] if function == MODULE_FINALIZE else regs["r8"]
+        self.module = self.dbg.read_memory(me + offset, 56).split(b"\0", 1)[0].decode("ascii", "replace")
+        caller = self.dbg.read_u64(regs["rsp"])
+        resolved = self.symbols.resolve(caller)
+        stage = "module_finalize" if function == MODULE_FINALIZE else stage_of(resolved[0] if resolved else None)
+        address, symbol = me, f"struct module {self.module}"
+        if function == APPLY_RELOCATE_ADD:
+            sechdrs, relsec = regs["rdi"], regs["rcx"] & 0xFFFFFFFF
+            _n, _type, flags, rela_addr, _off, size, _link, info, _al, _es = SHDR.unpack(
+                self.dbg.read_memory(sechdrs + SHDR.size * relsec, SHDR.size))
+            target = SHDR.unpack(self.dbg.read_memory(sechdrs + SHDR.size * info, SHDR.size))[3]
+            livepatch = bool(flags & SHF_RELA_LIVEPATCH)
+            entries = self.dbg.read_memory(rela_addr, min(size, MAX_RELA_BYTES)) if size else b""
+            stage = "livepatch_relocations" if livepatch else "relocations"
+            address, symbol = target, f"section {info} of {self.module}"
+            self.out.relocations.append(Relocation(0, self.module, f"section {relsec}", target, livepatch,
+                                                   written_ranges(entries, target)))
+        return Event(0, t, function, stage, address, b"", b"", caller, self.symbols.format(caller), symbol,
+                     self.window, module=self.module)
 
     def _can_skip_entry(self, address: int) -> bool:
         """The traced writer's first instruction is a 5-byte NOP or a call to __fentry__ (a no-op at boot)."""
@@ -478,6 +550,12 @@ class Session:
         self.out.ended = "marker"
         if "booted" in self._wanted:
             self.out.captures["booted"] = self._read("booted", True)
+        if self.opt.modules is not None:
+            t0 = time.monotonic()
+            self.out.modules = self.opt.modules(self.dbg.read_memory)
+            size = sum(len(b) for m in self.out.modules for b in m.capture.regions.values())
+            self.note(f"captured {len(self.out.modules)} loaded modules: {size / 1e6:.1f} MB of text "
+                      f"in {time.monotonic() - t0:.1f} s")
 
     def _finish(self) -> None:
         for n in self.pending_nmis:

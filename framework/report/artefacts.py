@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..analysis.findings import Analysis, ScenarioLog, TraceSummary
-from ..analysis.sites import Comparison
+from ..analysis.sites import Comparison, SiteState
 from ..errors import ArtefactError
 
 SITES_INDEX = "sites.json"
@@ -54,20 +54,25 @@ def write_analysis(directory: Path, analysis: Analysis) -> None:
 def _summary(comparison: Comparison) -> dict[str, object]:
     """A capture's index entry: site findings name their site (every one is in the site file) instead of repeating it."""
     data = comparison.to_json(with_sites=False)
-    data["oversized"] = [{"table": o.state.site.table, "index": o.state.site.index, "extra_bytes": o.extra}
-                         for o in comparison.oversized]
-    data["pv_indirect"] = [{"table": st.site.table, "index": st.site.index} for st in comparison.pv_indirect]
+    data["oversized"] = [{**_ref(o.state), "extra_bytes": o.extra} for o in comparison.oversized]
+    data["pv_indirect"] = [_ref(st) for st in comparison.pv_indirect]
     return data
+
+
+def _ref(st: SiteState) -> dict[str, object]:
+    """How the index names a site of the site file: table and index (and module, for a module's site)."""
+    module = {"module": st.site.module} if st.site.module is not None else {}
+    return {**module, "table": st.site.table, "index": st.site.index}
 
 
 def _expand(summary: Mapping[str, object], sites: list[Mapping[str, object]]) -> dict[str, object]:
     """The index entry with its site references replaced by the sites (entries already whole are kept)."""
-    by_key = {(row.get("table"), row.get("index")): row for row in sites}
+    by_key = {(row.get("module"), row.get("table"), row.get("index")): row for row in sites}
 
     def whole(ref: object) -> object:
         if not isinstance(ref, dict) or "state" in ref:
             return ref
-        row = by_key.get((ref.get("table"), ref.get("index")))
+        row = by_key.get((ref.get("module"), ref.get("table"), ref.get("index")))
         if row is None:
             raise KeyError(f"no site {ref.get('table')}[{ref.get('index')}] in the site file")
         return {**row, **({"extra_bytes": ref["extra_bytes"]} if "extra_bytes" in ref else {})}

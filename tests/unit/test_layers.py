@@ -26,6 +26,7 @@ PURE = ("framework.domain", "framework.errors", "framework.yamlnode", "framework
 EDGES = ("framework.vm", "framework.debugger", "framework.observe", "framework.kernel", "framework.guest.initramfs",
          "framework.pipeline", "framework.cli", "framework.pytest_plugin", "framework.matrix.runner",
          "framework.matrix.commands", "framework.build.tree", "framework.build.kbuild", "framework.build.commands",
+         "framework.build.kmod",
          "framework.bisect.gittree", "framework.bisect.runner", "framework.bisect.commands")
 PROCESS_LIBRARIES = ("subprocess", "socket", "threading", "pexpect", "pygdbmi")
 
