@@ -194,6 +194,7 @@ def execute(req: RunRequest, note: Note) -> RunResult:
             inspection = Inspection(kernel, inspect, out, note, timeout=cfg.timeout,
                                     where=(cfg.path, cfg.lines.get("inspect.capture")),
                                     trace=req.trace or inspect.trace, scenario=cfg.scenario,
+                                    trace_modules=inspect.trace_modules,
                                     debugger=req.debugger, modules=[(m.name, m.path) for m in modules])
         lines, ending = _boot(req, kernel, hypervisor, note, facts, inspection, modules)
         if facts.hypervisor is not None:

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .analysis.crashes import clean_line
-from .analysis.findings import Analysis
+from .analysis.findings import Analysis, TraceSummary
 from .analysis.observation import Observation
+from .analysis.relocorder import Overlap
 from .analysis.sites import Comparison, SiteState, insns_text, normalize_insns
 from .config import Config, Expect, SiteAssertion
 from .domain import Mode, VerdictName
@@ -70,6 +71,7 @@ def judge(config: Config, observation: Observation, analysis: Analysis | None = 
     reasons += judge_module_loads(config, loads)
     reasons += judge_sites(analysis.comparisons if analysis is not None else {}, expect)
     reasons += _judge_trace(config, analysis)
+    reasons += judge_relocation_order(expect, analysis.trace if analysis is not None else None)
     if config.scenario is not None:
         log = analysis.scenario if analysis is not None else None
         if log is None:
@@ -91,13 +93,32 @@ def could_not_run(why: str) -> Verdict:
 def _judge_trace(config: Config, analysis: Analysis | None) -> list[str]:
     trace = analysis.trace if analysis is not None else None
     if trace is None:
-        if config.inspect is not None and config.inspect.trace:
+        if config.inspect is not None and (config.inspect.trace or config.inspect.trace_modules):
             return ["the config asks for a trace (inspect.trace), but the run recorded none (no trace.json)"]
         return []
     check = trace.check
     if check is not None and check.snapshots and not check.passed:
         return [f"trace {check.summary()}"]
     return []
+
+
+def judge_relocation_order(expect: Expect, trace: TraceSummary | None) -> list[str]:
+    """expect.relocation_overlaps: exactly these modules' relocations land on bytes patched first (seed 002)."""
+    if expect.relocation_overlaps is None:
+        return []
+    if trace is None or not trace.relocations:
+        return [("expect.relocation_overlaps: the trace saw no relocation applied (trace module loads with "
+                 "inspect.trace: modules or true)")]
+    found: dict[str, list[Overlap]] = {}
+    for o in trace.overlaps:
+        found.setdefault(o.module, []).append(o)
+    wanted = set(expect.relocation_overlaps)
+    reasons = [f"relocation order: {found[m][0].describe()}" + (f" (and {len(found[m]) - 1} more)"
+                                                                if len(found[m]) > 1 else "")
+               for m in sorted(set(found) - wanted)]
+    reasons += [f"relocation order: no relocation of {m} met bytes patched before it, as expected"
+                for m in sorted(wanted - set(found))]
+    return reasons
 
 
 def _judge_observation(expect: Expect, obs: Observation) -> list[str]:

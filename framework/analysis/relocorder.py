@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..elf.ko import RELOCATIONS
-from .trace import MODULE_EVENTS, Event
+from .trace import MODULE_EVENTS, MODULE_FINALIZE, Event
 
 _RELA = struct.Struct("<QQq")
 
@@ -42,10 +42,11 @@ class Relocation:
     target: int                         # run-time address of the section relocated
     livepatch: bool                     # SHF_RELA_LIVEPATCH
     ranges: tuple[tuple[int, int], ...]  # [start, end), sorted and merged
+    size: int = 0                       # the relocated section's size
 
     def to_json(self) -> dict[str, object]:
         return {"seq": self.seq, "module": self.module, "section": self.section, "target": hex(self.target),
-                "livepatch": self.livepatch, "bytes": sum(e - s for s, e in self.ranges),
+                "size": self.size, "livepatch": self.livepatch, "bytes": sum(e - s for s, e in self.ranges),
                 "entries": len(self.ranges)}
 
 
@@ -99,19 +100,49 @@ class Overlap:
 
 
 def check_order(events: Sequence[Event], relocations: Iterable[Relocation]) -> list[Overlap]:
-    """Every (earlier write, later relocation) pair that shares bytes, in relocation order."""
+    """Every (earlier write, later relocation) pair that shares bytes, in relocation order.
+
+    Module memory is reused (init text freed after each init, a refused module's
+    memory at once), so an earlier write counts only if it was made to the same
+    module: when it happened, the last section the loader relocated at that
+    address (its *claim*) was the relocation's module's.
+    """
+    relocations = sorted(relocations, key=lambda r: r.seq)
+    finalized: dict[str, list[int]] = {}     # module -> seq of each of its module_finalize() calls
+    for e in events:
+        if e.source == MODULE_FINALIZE and e.module is not None:
+            finalized.setdefault(e.module, []).append(e.seq)
+
+    def instance(rel: Relocation) -> tuple[str, int]:
+        """Which load of its module a relocation belongs to: the loader's come before that load's
+        module_finalize(), livepatch's after it (a refused insmod is retried: a module loads twice)."""
+        done = bisect.bisect_left(finalized.get(rel.module, []), rel.seq)
+        return rel.module, done - 1 if rel.livepatch else done
+
+    claims = [(r.seq, r.target, r.target + r.size, instance(r)) for r in relocations if not r.livepatch and r.size]
+
+    def owner(address: int, seq: int) -> tuple[str, int] | None:
+        last = None
+        for c_seq, lo, hi, load in claims:
+            if c_seq > seq:
+                break
+            if lo <= address < hi:
+                last = load
+        return last
+
     writes = sorted((e for e in events if e.source not in MODULE_EVENTS and e.new and not e.skipped),
                     key=lambda e: e.address)
     starts = [e.address for e in writes]
     longest = max((len(e.new) for e in writes), default=0)
     out: list[Overlap] = []
-    for rel in sorted(relocations, key=lambda r: r.seq):
+    for rel in relocations:
         if not rel.ranges:
             continue
+        load = instance(rel)
         lo, hi = rel.ranges[0][0], rel.ranges[-1][1]
         range_starts = [r[0] for r in rel.ranges]
         for w in writes[bisect.bisect_left(starts, lo - longest):bisect.bisect_left(starts, hi)]:
-            if w.seq >= rel.seq:
+            if w.seq >= rel.seq or owner(w.address, w.seq) != load:
                 continue
             w_lo, w_hi = w.address, w.address + len(w.new)
             i = bisect.bisect_right(range_starts, w_hi - 1) - 1

@@ -69,6 +69,9 @@ class Expect:
     stops: tuple[StopExpect, ...] = ()    # checks on the scenario's stops
     nmi: str | tuple[str, ...] | None = None   # every NMI's fate, or each one's in injection order;
                                                # see scenario.effective_nmi
+    # Traced module loads (seed 002): exactly the modules one of whose relocations lands on bytes a patch
+    # of the same load wrote first; () for none.
+    relocation_overlaps: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,7 @@ class ExpectOverlay:
     pv_indirect: int | None = None
     stops: tuple[StopExpect, ...] = ()
     nmi: str | tuple[str, ...] | None = None
+    relocation_overlaps: tuple[str, ...] | None = None
 
     def over(self, base: Expect) -> Expect:
         def pick(mine: T | None, theirs: T) -> T:
@@ -99,7 +103,8 @@ class ExpectOverlay:
             sites=base.sites + self.sites, oversized=pick(self.oversized, base.oversized),
             unknown_changes=pick(self.unknown_changes, base.unknown_changes),
             pv_indirect=pick(self.pv_indirect, base.pv_indirect), stops=base.stops + self.stops,
-            nmi=pick(self.nmi, base.nmi))
+            nmi=pick(self.nmi, base.nmi), relocation_overlaps=pick(self.relocation_overlaps,
+                                                                   base.relocation_overlaps))
 
 
 @dataclass(frozen=True)
@@ -109,6 +114,7 @@ class Inspect:
     captures: tuple[str, ...] = ("after-patching",)   # capture points or kernel symbols, in boot order
     tables: tuple[str, ...] = TABLES
     trace: bool = False     # record every text write of the boot (analysis/trace.py), with its self-check
+    trace_modules: bool = False   # trace: modules: only module loading (relocations, patching), from the first load
 
 
 @dataclass(frozen=True)

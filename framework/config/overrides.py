@@ -60,6 +60,8 @@ def _expect_dict(expect: Expect) -> dict[str, object]:
         **({"sites": [_site_dict(a) for a in expect.sites]} if expect.sites else {}),
         **{k: v for k, v in (("oversized", expect.oversized), ("unknown_changes", expect.unknown_changes),
                              ("pv_indirect", expect.pv_indirect)) if v is not None},
+        **({"relocation_overlaps": list(expect.relocation_overlaps)}
+           if expect.relocation_overlaps is not None else {}),
         # Scenario checks too appear only when used: they need a scenario: section.
         **({"stops": [_stop_dict(s) for s in expect.stops]} if expect.stops else {}),
         **({"nmi": expect.nmi if isinstance(expect.nmi, str) else list(expect.nmi)}
@@ -82,6 +84,8 @@ def _overlay_dict(overlay: ExpectOverlay) -> dict[str, object]:
         **({"sites": [_site_dict(a) for a in overlay.sites]} if overlay.sites else {}),
         **{k: v for k, v in (("oversized", overlay.oversized), ("unknown_changes", overlay.unknown_changes),
                              ("pv_indirect", overlay.pv_indirect)) if v is not None},
+        **({"relocation_overlaps": list(overlay.relocation_overlaps)}
+           if overlay.relocation_overlaps is not None else {}),
         **({"stops": [_stop_dict(s) for s in overlay.stops]} if overlay.stops else {}),
         **({"nmi": overlay.nmi if isinstance(overlay.nmi, str) else list(overlay.nmi)}
            if overlay.nmi is not None else {}),
@@ -171,7 +175,8 @@ def to_yaml_dict(config: Config) -> dict[str, object]:
         "silence": config.silence,
         "expect": _expect_dict(config.expect) | _overlays_dict(config),
         **({"inspect": {"capture": list(config.inspect.captures), "tables": list(config.inspect.tables),
-                        **({"trace": True} if config.inspect.trace else {})}}
+                        **({"trace": True} if config.inspect.trace else
+                           {"trace": "modules"} if config.inspect.trace_modules else {})}}
            if config.inspect else {}),
         **({"scenario": _scenario_dict(config.scenario)} if config.scenario is not None else {}),
         **({"requires": {k: v for k, v in (("kernel", config.requires.describe_kernel()),

@@ -6,6 +6,7 @@ Keys and values are read by :mod:`framework.yamlnode` (scenario rules by
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import errno
 import os
@@ -250,17 +251,54 @@ _MODULE_NAME = re.compile(r"[A-Za-z0-9_-]+")
 MODULE_NAME_MAX = 55          # MODULE_NAME_LEN (64 - sizeof(unsigned long)) less the NUL
 _MODULE_ENTRY = yn.Section({
     "module": yn.text("a module name such as 'kvm' or the path of a .ko file"),
+    "build": yn.text("a directory of module sources (a Kbuild file and its .c files)"),
     "load": yn.choice(_MODULE_LOADS),
 })
 _MODULE_EXAMPLE = "{module: kvm_amd, load: fails}"
+_BUILD_EXAMPLE = "{module: psm_target_a1, build: modules/livepatch-order}"
+
+
+def _module_names(ctx: yn.Ctx, node: yaml.Node, key: str) -> tuple[str, ...]:
+    """A list of module names ([] for none), as the kernel spells them."""
+    if yn.is_list(node) and not node.value:
+        return ()
+    names = cast(tuple[str, ...],
+                 yn.words("a list of module names, e.g. [psm_lp_c1], or [] for none", split=False)(ctx, node, key))
+    bad = [n for n in names if not _MODULE_NAME.fullmatch(n)]
+    if bad:
+        raise ctx.fail(node, f"{key}: {yn.quote(bad[0])} is not a module name")
+    return tuple(module_name(n) for n in names)
+
+
+def _trace(ctx: yn.Ctx, node: yaml.Node, key: str) -> bool | str:
+    """inspect.trace: true (every text write of the boot), false, or modules (only the loading of modules)."""
+    if isinstance(node, yaml.ScalarNode) and node.value == "modules":
+        return "modules"
+    if isinstance(node, yaml.ScalarNode) and node.tag == yn.TAG_BOOL:
+        return yn.flag(ctx, node, key)
+    raise ctx.fail(node, f"{key} must be true (every text write of the boot), false, or modules (the "
+                         f"loading of modules only: relocations and patching, in order), not {yn.describe(node)}")
 
 
 def _module_sources(ctx: yn.Ctx, node: yaml.Node, key: str, text: str, directory: str) -> ModuleSpec:
-    """A directory of module sources, to be built against the kernel (framework.build.kmod). Not wired yet:
-    when it is, return ModuleSpec(name, kind="source", path=directory, …) here and build it in
-    :func:`framework.kernel.modules.build_module_sources`."""
-    raise ctx.fail(node, f"{key}: {directory} is a directory; building modules from sources is not supported "
-                         "yet: give a module name or the path of a built .ko file")
+    """A directory given where a module was expected: which of its modules is not said."""
+    raise ctx.fail(node, f"{key}: {directory} is a directory; name the module to build from it and load, "
+                         f"as in {_BUILD_EXAMPLE}")
+
+
+def _module_build(ctx: yn.Ctx, node: yaml.Node, key: str, name: str, text: str) -> ModuleSpec:
+    """``{module: NAME, build: DIR}``: module NAME, built from the sources in DIR against the run's kernel
+    (framework.build.kmod: Debian's headers for that kernel, cached)."""
+    if not _MODULE_NAME.fullmatch(name) or strip_ko_suffix(name) is not None or len(name) > MODULE_NAME_MAX:
+        raise ctx.fail(node, f"{key}.module: with build:, module names the module to load, as its Kbuild "
+                             f"names it ({yn.quote(name)} is not a module name)")
+    resolved = os.path.abspath(os.path.join(ctx.base_dir, os.path.expanduser(text)))
+    if not os.path.isdir(resolved):
+        raise ctx.fail(node, f"{key}.build: {resolved} is not a directory of module sources")
+    if not any(os.path.exists(os.path.join(resolved, f)) for f in ("Kbuild", "Makefile")):
+        raise ctx.fail(node, f"{key}.build: {resolved} has no Kbuild or Makefile; kbuild cannot build it")
+    return ModuleSpec(module_name(name), "source", Path(resolved), written=f"{name} (built from {text})",
+                      line=yn.line_of(node))
 
 
 def _module_entry(ctx: yn.Ctx, node: yaml.Node, key: str, text: str) -> ModuleSpec:
@@ -310,6 +348,12 @@ def _modules(ctx: yn.Ctx, node: yaml.Node, key: str) -> tuple[ModuleSpec, ...]:
                 raise ctx.fail(item, f"{item_key} needs module: (a name or a .ko path), as in {_MODULE_EXAMPLE}")
             text, load = str(values["module"]), str(values.get("load", "ok"))
             where = next(value for name, value in item.value if name.value == "module")
+            if "build" in values:
+                built = _module_build(ctx, item, item_key, text, str(values["build"]))
+                if any(other.name == built.name for other in out):
+                    raise ctx.fail(item, f"{item_key}: module {built.name!r} is listed twice")
+                out.append(dataclasses.replace(built, load="fails" if load == "fails" else "ok"))
+                continue
         elif isinstance(item, yaml.ScalarNode) and not yn.is_null(item):
             where, text = item, yn.scalar_text(ctx, item, item_key, "a module name or a .ko path")
             if text == "":
@@ -340,6 +384,7 @@ _EXPECT_KEYS: dict[str, yn.Parser | yn.Section] = {
     "oversized": _at_most,
     "unknown_changes": _at_most,
     "pv_indirect": _at_most,
+    "relocation_overlaps": _module_names,
     "outcome": yn.choice(OUTCOMES),
     "crash": yn.optional_regex,
     "allow_crashes": yn.regexes,
@@ -372,7 +417,7 @@ SCHEMA = yn.Section({
     "inspect": yn.Section({
         "capture": yn.names("a capture point or a list of them", _capture_name),
         "tables": yn.names("a table name or a list of them", _table_name),
-        "trace": yn.flag,
+        "trace": _trace,
     }),
     "scenario": scenario_parse.SCENARIO,
     "requires": yn.Section({
@@ -435,7 +480,8 @@ def build_config(ctx: yn.Ctx, values: Mapping[str, object], name: str, path: Pat
     if inspect_values is not None:
         inspect = Inspect(captures=get(inspect_values, "capture", Inspect.captures),
                           tables=get(inspect_values, "tables", Inspect.tables),
-                          trace=get(inspect_values, "trace", False))
+                          trace=inspect_values.get("trace") is True,
+                          trace_modules=inspect_values.get("trace") == "modules")
     sites = get(expect, "sites", cast(tuple[SiteAssertion, ...], ()))
     _check_sites(ctx, "expect", expect, sites, inspect)
 
@@ -458,6 +504,7 @@ def build_config(ctx: yn.Ctx, values: Mapping[str, object], name: str, path: Pat
         pv_indirect=cast(int | None, expect.get("pv_indirect")),
         stops=stops,
         nmi=nmi,
+        relocation_overlaps=cast(tuple[str, ...] | None, expect.get("relocation_overlaps")),
     )
     overlays: dict[Mode, ExpectOverlay] = {}
     for mode in MODES:
@@ -508,7 +555,8 @@ def _overlay(ctx: yn.Ctx, mode: Mode, values: Mapping[str, object], base: Expect
         sites=get(values, "sites", ()), oversized=cast(int | None, values.get("oversized")),
         unknown_changes=cast(int | None, values.get("unknown_changes")),
         pv_indirect=cast(int | None, values.get("pv_indirect")), stops=get(values, "stops", ()),
-        nmi=cast(str | tuple[str, ...] | None, values.get("nmi")))
+        nmi=cast(str | tuple[str, ...] | None, values.get("nmi")),
+        relocation_overlaps=cast(tuple[str, ...] | None, values.get("relocation_overlaps")))
     merged = overlay.over(base)
 
     def line(key: str) -> int | None:

@@ -40,6 +40,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..build.kmod import build_module_dir
 from ..config.model import Config, ModuleLoad, ModuleSpec
 from ..domain import Note
 from ..elf.modinfo import ModuleError, ModuleInfo, info_of, load_order, module_name, strip_ko_suffix
@@ -284,9 +285,16 @@ def module_files(kernel: Kernel, names: Sequence[str], note: Note | None = None)
 
 
 def build_module_sources(kernel: Kernel, spec: ModuleSpec, note: Note | None = None) -> ModuleFile:
-    """Hook: a ``modules:`` entry that is a directory of module sources, built against ``kernel``'s headers
-    (``framework.build.kmod``). Not wired yet: the schema refuses such entries (``schema._module_sources``)."""
-    raise UnsupportedError(f"modules: {spec.shown()}: building modules from sources is not supported yet")
+    """``{module: NAME, build: DIR}``: DIR built against ``kernel``'s Debian headers (``framework.build.kmod``,
+    cached by sources and headers), and its NAME.ko."""
+    assert spec.path is not None
+    built = {strip_ko_suffix(p.name): p for p in build_module_dir(kernel, spec.path, note)}
+    found = built.get(spec.name) or next((p for n, p in built.items() if n and module_name(n) == spec.name), None)
+    if found is None:
+        names = ", ".join(sorted(n for n in built if n)) or "none"
+        raise UnsupportedError(f"modules: {spec.shown()}: building {spec.path} made no {spec.name}.ko "
+                               f"(it made: {names})")
+    return ModuleFile(spec.name, found, f"built from {spec.path}")
 
 
 def resolve_modules(config: Config, kernel: Kernel, note: Note | None = None) -> tuple[ModuleFile, ...]:
@@ -311,7 +319,8 @@ def resolve_modules(config: Config, kernel: Kernel, note: Note | None = None) ->
     for spec in config.modules:
         if spec.kind == "source":
             files[spec.name] = build_module_sources(kernel, spec, note)
-            given[spec.name] = ModuleInfo(spec.name, str(files[spec.name].path))
+            built = files[spec.name].path
+            given[spec.name] = info_of(built.read_bytes(), str(built), spec.name)
         elif spec.kind == "file":
             given[spec.name], files[spec.name] = _given_file(kernel, spec, fail, note)
     packaged = [spec for spec in config.modules if spec.kind == "package"]

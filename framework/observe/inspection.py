@@ -55,7 +55,11 @@ STATIC_CALL_TRAMP_SIZE = 5
 # Text the kernel writes outside every patch table, by name: (symbol, bytes, who writes it).
 # 6.1 and 6.12 arch/x86/xen/enlighten_pv.c: xen_start_kernel() turns the jmp at
 # early_xen_iret_patch (entry_64.S) into "jmp xen_iret" with __text_gen_insn().
-KNOWN_WRITES = (("early_xen_iret_patch", 5, "xen_start_kernel(): jmp xen_iret"),)
+# arch/x86/kernel/ftrace_64.S: the "call ftrace_stub" at ftrace_call and ftrace_regs_call in the ftrace
+# trampolines, retargeted by ftrace_update_ftrace_func() when a tracer (livepatch's ftrace ops) registers.
+KNOWN_WRITES = (("early_xen_iret_patch", 5, "xen_start_kernel(): jmp xen_iret"),
+                ("ftrace_call", 5, "ftrace_update_ftrace_func(): call <the tracer>"),
+                ("ftrace_regs_call", 5, "ftrace_update_ftrace_func(): call <the tracer>"))
 # kernel/module/main.c: static LIST_HEAD(modules), every loaded module's struct module.list.
 MODULE_LIST = "modules"
 
@@ -105,8 +109,10 @@ class Inspection:
     def __init__(self, kernel: Kernel, inspect: Inspect, outdir: Path, note: Note, *, timeout: float,
                  where: tuple[Path | None, int | None] = (None, None), trace: bool = False,
                  scenario: Scenario | None = None, debugger: DebuggerKind = "auto",
-                 modules: Sequence[tuple[str, Path]] = ()) -> None:
+                 modules: Sequence[tuple[str, Path]] = (), trace_modules: bool = False) -> None:
         self.kernel = kernel
+        # trace: modules: module loading only (no replay of the boot, so no self-check)
+        self.trace_modules = trace_modules and not trace
         self.debugger = debugger
         self.trace = trace
         self.scenario = scenario
@@ -160,7 +166,7 @@ class Inspection:
             qmp.command("inject-nmi")
 
         name_offset = None
-        if self.trace and self.vmlinux.btf is not None:
+        if (self.trace or self.trace_modules) and self.vmlinux.btf is not None:
             try:
                 name_offset = kmodlist.module_layout(self.vmlinux.btf, str(self.kernel.vmlinux)).name
             except ImageError as err:
@@ -168,7 +174,8 @@ class Inspection:
         return Options(trace=self.trace, scenario=self.scenario, config_path=self.config_path,
                        pv_ops=self.pv_ops, pv_sites=self.pv_sites,
                        inject_nmi=inject_nmi, model=model,
-                       modules=self._capture_modules if self.kos else None, module_name_offset=name_offset)
+                       modules=self._capture_modules if self.kos else None, module_name_offset=name_offset,
+                       trace_modules=self.trace_modules)
 
     def _capture_modules(self, read: kmodlist.Read) -> list[modules_mod.ModuleCapture]:
         """At the marker: the module list, and the text of each module the config loads."""
@@ -225,7 +232,7 @@ class Inspection:
         plan = dataclasses.replace(self.plan, hardware=machine.accel == "kvm")
         # auto: the remote protocol for traces and scenarios (thousands of stops), GDB/MI otherwise.
         kind: Backend = "rsp" if self.debugger == "rsp" or (
-            self.debugger == "auto" and (self.trace or self.scenario is not None)) else "gdb"
+            self.debugger == "auto" and (self.trace or self.trace_modules or self.scenario is not None)) else "gdb"
         log = self.outdir / ("rsp.log" if kind == "rsp" else "gdb.mi.log")
         with open_debugger(kind, machine.gdb_socket, log, self.kernel.symbols or self.kernel.vmlinux) as dbg:
             dbg.connect()
@@ -258,7 +265,7 @@ class Inspection:
         """What the session found, in the form the verdict reads and the artefacts keep."""
         out = self.outcome
         trace = None
-        if self.trace:
+        if self.trace or self.trace_modules:
             out.events, relocations = self._module_trace(out.events, out.relocations)
             trace = TraceSummary(len(out.events), out.stop_count, out.ended, counts(out.events),
                                  out.model.check.result() if out.model is not None else None,
@@ -298,7 +305,7 @@ class Inspection:
     def write_extras(self) -> None:
         """What the run keeps besides its analysis: every traced write, and the scenario's memory dumps."""
         out = self.outcome
-        if self.trace:
+        if self.trace or self.trace_modules:
             with gzip.open(self.outdir / "trace.jsonl.gz", "wt", compresslevel=1) as fh:
                 write_jsonl(out.events, fh)
         for name, _address, data in out.dumps:

@@ -135,6 +135,7 @@ class Options:
     modules: Callable[[Callable[[int, int], bytes]], list[ModuleCapture]] | None = None
     # Traced runs: offsetof(struct module, name) (from BTF), to follow module loading; None: not followed.
     module_name_offset: int | None = None
+    trace_modules: bool = False         # trace module loading only: the writers are armed at the first load
 
 
 class Session:
@@ -195,11 +196,11 @@ class Session:
             for writer in TRACED:
                 if not writer.live_only:
                     self._arm(self._need(writer.name), f"trace:{writer.name}")
-            if self.opt.module_name_offset is not None:
-                for name in (MODULE_FINALIZE, APPLY_RELOCATE_ADD):
-                    address = self.symbols.address(name)
-                    if address is not None:
-                        self._arm(address, f"module:{name}")
+        if (self.opt.trace or self.opt.trace_modules) and self.opt.module_name_offset is not None:
+            for name in (MODULE_FINALIZE, APPLY_RELOCATE_ADD):
+                address = self.symbols.address(name)
+                if address is not None:
+                    self._arm(address, f"module:{name}")
         if "booted" in captures or self.opt.modules is not None:
             # /init powers off right after its marker: stopping the guest on the way there is sure,
             # interrupting it when the marker line arrives is a race the power-off can win.
@@ -304,8 +305,14 @@ class Session:
                 event = replace(event, skipped=True)
         if event is not None and self.out.model is not None:
             self.out.events += self.out.model.call(event)
-            if event.source == APPLY_RELOCATE_ADD and self.out.relocations:
-                self.out.relocations[-1] = replace(self.out.relocations[-1], seq=self.out.events[-1].seq)
+        elif event is not None:             # trace: modules: no model to replay, numbered here
+            self.out.events.append(replace(event, seq=len(self.out.events) + 1))
+        if event is not None and event.source == APPLY_RELOCATE_ADD and self.out.relocations:
+            self.out.relocations[-1] = replace(self.out.relocations[-1], seq=self.out.events[-1].seq)
+        if event is not None and self.opt.trace_modules and self.window != "live":
+            self.window = "live"            # the first module load: from here every text write is traced
+            for writer in TRACED:
+                self._arm(self._need(writer.name), f"trace:{writer.name}")
         if "nmi" in labels:
             self._nmi_arrived(regs)
         if "nmi-early" in labels:
@@ -355,13 +362,14 @@ class Session:
             sechdrs, relsec = regs["rdi"], regs["rcx"] & 0xFFFFFFFF
             _n, _type, flags, rela_addr, _off, size, _link, info, _al, _es = SHDR.unpack(
                 self.dbg.read_memory(sechdrs + SHDR.size * relsec, SHDR.size))
-            target = SHDR.unpack(self.dbg.read_memory(sechdrs + SHDR.size * info, SHDR.size))[3]
+            target_header = SHDR.unpack(self.dbg.read_memory(sechdrs + SHDR.size * info, SHDR.size))
+            target, target_size = target_header[3], target_header[5]
             livepatch = bool(flags & SHF_RELA_LIVEPATCH)
             entries = self.dbg.read_memory(rela_addr, min(size, MAX_RELA_BYTES)) if size else b""
             stage = "livepatch_relocations" if livepatch else "relocations"
             address, symbol = target, f"section {info} of {self.module}"
             self.out.relocations.append(Relocation(0, self.module, f"section {relsec}", target, livepatch,
-                                                   written_ranges(entries, target)))
+                                                   written_ranges(entries, target), target_size))
         return Event(0, t, function, stage, address, b"", b"", caller, self.symbols.format(caller), symbol,
                      self.window, module=self.module)
 

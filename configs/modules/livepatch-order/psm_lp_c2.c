@@ -1,0 +1,5 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Case (c), the livepatch loaded first: see livepatch.c and NOTES.md. */
+#define PSM_PAIR c2
+#define PSM_CASE PSM_CASE_C
+#include "livepatch.c"

@@ -1,0 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Case (a), the target module loaded first: see livepatch.c and NOTES.md. */
+#define PSM_PAIR a1
+#include "target.c"

@@ -1,0 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Case (a), the livepatch loaded first: see livepatch.c and NOTES.md. */
+#define PSM_PAIR a2
+#include "target.c"
