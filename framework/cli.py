@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS, metavar="DIR")
     trace.add_argument("--json", action="store_true", help="one JSON object per write on stdout (JSON lines)")
     trace.add_argument("--summary", action="store_true", help="only the counts and the self-check, no events")
+    trace.add_argument("--modules-only", action="store_true",
+                       help="trace only the loading of the --module modules (relocations, patching, in order): "
+                            "about the cost of a plain boot; no replay of the boot, so no self-check")
     trace.add_argument("--debugger", choices=("rsp", "gdb"), default="rsp",
                        help="rsp: speak the remote protocol to QEMU's gdbstub (default; a stop costs ~2.5x less than through GDB); "
                             "gdb: through GDB/MI")
@@ -330,11 +333,10 @@ def cmd_boot(args: argparse.Namespace) -> int:
 
 def cmd_sites(args: argparse.Namespace) -> int:
     tables = tuple(args.table) if args.table else TABLES
+    if args.module and not args.live:
+        raise InputError("sites --module needs --live: a module's sites are compared where the kernel loaded it")
     kernel = prepare_kernel(parse_ref(args.kernel), note_stderr)
     if not args.live:
-        if args.module:
-            raise InputError("sites --module needs --live: a module's sites are compared where the kernel "
-                             "loaded it")
         return _static_sites(kernel, tables, args.json)
     at = args.at or ("booted" if args.module else "after-patching")
     cfg = default_config("sites", kernel=args.kernel, modes=(args.mode,), cmdline=tuple(args.cmdline),
@@ -375,11 +377,14 @@ def _finding(item: SiteState | Oversize | TextChange) -> str:
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
+    if args.modules_only and not args.module:
+        raise InputError("trace --modules-only needs the modules to load: --module NAME (repeatable)")
     cfg = default_config("trace", kernel=args.kernel, modes=(args.mode,), cmdline=tuple(args.cmdline),
                          hypervisor=args.hypervisor, timeout=args.timeout,
-                         init_commands=tuple(args.init_command), modules=args.module or None)
+                         init_commands=tuple(args.init_command), modules=args.module or None,
+                         inspect={"capture": ["booted"], "trace": "modules"} if args.modules_only else None)
     req = RunRequest(cfg, check_mode(args.mode), artifacts_dir(args.artifacts, "trace", args.mode), accel=args.accel,
-                     trace=True, debugger=args.debugger)
+                     trace=not args.modules_only, debugger=args.debugger)
     result = execute(req, note_stderr)
     events = req.outdir / "trace.jsonl.gz"
     if result.verdict == "error" and not events.exists():
@@ -398,6 +403,12 @@ def cmd_trace(args: argparse.Namespace) -> int:
                   file=out)
         if trace.check is not None:
             print(f"  {trace.check.summary()}", file=out)
+        if trace.relocations:
+            late = sum(1 for r in trace.relocations if r.get("livepatch"))
+            print(f"  relocation sections applied: {len(trace.relocations)} ({late} livepatch); writes under a "
+                  f"relocation applied later: {len(trace.overlaps)}", file=out)
+            for overlap in trace.overlaps[:10]:
+                print(f"    {overlap.describe()}", file=out)
     for line in reason_lines(result, "  - "):
         print(line, file=out)
     return _exit_code([result.verdict])

@@ -1,5 +1,5 @@
 """A git tree made from Debian's linux-source-6.1 with a series of commits on top, one of which brings a real
-patching regression and one an unrelated breakage: what the bisect's boot tests and bench/bisect.py bisect.
+patching regression and one an unrelated breakage: what the bisect's boot tests and bench/bisecting.py bisect.
 
     c1  README: a note                                    (harmless)
     c2  x86/alternative: a comment above apply_paravirt() (harmless, rebuilds alternative.o)

@@ -17,6 +17,7 @@ dependencies before it, each module once.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import struct
 from collections.abc import Mapping, Sequence
@@ -59,6 +60,8 @@ class ModuleInfo:
     path: str                        # where the file is (in the package, or on the host)
     depends: tuple[str, ...] = ()    # module names, from depends=
     vermagic: str | None = None      # "6.1.0-56-amd64 SMP preempt mod_unload modversions"
+    softdeps: tuple[str, ...] = ()   # softdep=pre: … : modules (or aliases) modprobe loads first
+    aliases: tuple[str, ...] = ()    # alias= without wildcards: "crc32c", "crypto-crc32c"
 
 
 def strip_ko_suffix(filename: str) -> str | None:
@@ -140,7 +143,41 @@ def info_of(data: bytes, path: str, fallback_name: str) -> ModuleInfo:
     name = next(iter(entries.get("name", [])), "") or fallback_name
     depends = tuple(module_name(d) for value in entries.get("depends", []) for d in value.split(",") if d)
     vermagic = next(iter(entries.get("vermagic", [])), None)
-    return ModuleInfo(module_name(name), path, depends, vermagic)
+    return ModuleInfo(module_name(name), path, depends, vermagic, soft_pre(entries.get("softdep", [])),
+                      tuple(a for a in entries.get("alias", []) if not any(c in a for c in "*?[:")))
+
+
+def soft_pre(values: Sequence[str]) -> tuple[str, ...]:
+    """The ``pre:`` names of ``softdep=`` values (``"pre: crc32c post: foo"`` -> ``("crc32c",)``)."""
+    out: list[str] = []
+    for value in values:
+        part = None
+        for word in value.split():
+            if word.endswith(":"):
+                part = word[:-1]
+            elif part == "pre":
+                out.append(word)
+    return tuple(out)
+
+
+def with_softdeps(index: Mapping[str, ModuleInfo]) -> dict[str, ModuleInfo]:
+    """``index`` with each module's soft pre-dependencies added to its dependencies, as modprobe loads
+    them: by module name, else by alias (the first module in name order that declares it); a softdep
+    that nothing provides (built in, or absent) is left out. libcrc32c needs crc32c this way."""
+    providers: dict[str, str] = {}
+    for name in sorted(index):
+        for alias in index[name].aliases:
+            providers.setdefault(alias, name)
+    out = dict(index)
+    for name, info in index.items():
+        extra = []
+        for soft in info.softdeps:
+            found = module_name(soft) if module_name(soft) in index else providers.get(soft)
+            if found and found != name and found not in info.depends and found not in extra:
+                extra.append(found)
+        if extra:
+            out[name] = dataclasses.replace(info, depends=(*extra, *info.depends))
+    return out
 
 
 def load_order(index: Mapping[str, ModuleInfo], wanted: Sequence[str], holder: str = "") -> list[str]:

@@ -43,7 +43,15 @@ from pathlib import Path
 from ..build.kmod import build_module_dir
 from ..config.model import Config, ModuleLoad, ModuleSpec
 from ..domain import Note
-from ..elf.modinfo import ModuleError, ModuleInfo, info_of, load_order, module_name, strip_ko_suffix
+from ..elf.modinfo import (
+    ModuleError,
+    ModuleInfo,
+    info_of,
+    load_order,
+    module_name,
+    strip_ko_suffix,
+    with_softdeps,
+)
 from ..errors import ConfigError, ImageError, UnsupportedError
 from .fetch import apt_download, deb_members, locked, safe_key
 from .image import Kernel
@@ -52,7 +60,7 @@ from .refs import DebianRef
 __all__ = ["INDEX_FORMAT", "ModuleFile", "PackageModules", "build_module_sources", "module_files",
            "package_modules", "read_ko", "resolve_modules"]
 
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2      # 2: softdeps and aliases
 # Where a package keeps its modules: lib/modules/<abi>/… (usr/lib/… in merged-/usr packages).
 _MODULES_PATH = re.compile(r"(?:usr/)?lib/modules/([^/]+)/(.+)")
 
@@ -183,7 +191,8 @@ def _scan(deb: Path, package: str, version: str) -> PackageModules:
 
 def _index_json(index: PackageModules) -> bytes:
     data = {"format": INDEX_FORMAT, "package": index.package, "version": index.version, "abi": index.abi,
-            "modules": {name: {"path": mi.path, "depends": list(mi.depends), "vermagic": mi.vermagic}
+            "modules": {name: {"path": mi.path, "depends": list(mi.depends), "vermagic": mi.vermagic,
+                               "softdeps": list(mi.softdeps), "aliases": list(mi.aliases)}
                         for name, mi in sorted(index.modules.items())},
             "builtin": sorted(index.builtin)}
     return (json.dumps(data, indent=1) + "\n").encode()
@@ -195,7 +204,8 @@ def _load_index(path: Path) -> PackageModules | None:
         data = json.loads(path.read_text())
         if data.get("format") != INDEX_FORMAT:
             return None
-        modules = {name: ModuleInfo(name, str(mi["path"]), tuple(mi["depends"]), mi.get("vermagic"))
+        modules = {name: ModuleInfo(name, str(mi["path"]), tuple(mi["depends"]), mi.get("vermagic"),
+                                    tuple(mi.get("softdeps", ())), tuple(mi.get("aliases", ())))
                    for name, mi in data["modules"].items()}
         return PackageModules(str(data["package"]), str(data["version"]), str(data["abi"]), modules,
                               frozenset(data.get("builtin", ())))
@@ -341,6 +351,7 @@ def resolve_modules(config: Config, kernel: Kernel, note: Note | None = None) ->
                                  "there is nothing to load: remove it")
     combined: dict[str, ModuleInfo] = dict(index.modules) if index is not None else {}
     combined.update(given)
+    combined = with_softdeps(combined)
     try:
         order = load_order(combined, [spec.name for spec in config.modules],
                            holder=index.label if index is not None else "the config's module files")

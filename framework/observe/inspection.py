@@ -31,7 +31,7 @@ from ..analysis import relocorder
 from ..analysis.findings import Analysis, LoggedStop, ScenarioLog, TraceSummary
 from ..analysis.relocorder import Relocation
 from ..analysis.sites import Capture, Comparison, compare
-from ..analysis.trace import Event, Explainer, Model, counts, write_jsonl
+from ..analysis.trace import APPLY_RELOCATE_ADD, MODULE_EVENTS, Event, Explainer, Model, counts, write_jsonl
 from ..config import Inspect
 from ..debugger import Backend, open_debugger
 from ..debugger.contract import DebuggerError
@@ -149,6 +149,7 @@ class Inspection:
             captures = captures if "booted" in captures else (*captures, "booted")
         self.plan = Plan(captures, text_regions(self.vmlinux, addresses), False, timeout,
                          (begin, end) if begin is not None and end is not None else None)
+        self.module_symbols: dict[str, Symbols] = {}    # each loaded module's own, once linked
         self.analysis: Analysis | None = None     # once the session is over
         self.error: str | None = None
         self.outcome = Outcome()
@@ -201,14 +202,21 @@ class Inspection:
         folder.mkdir(exist_ok=True)
         found: list[tuple[str, Comparison]] = []
         listing: list[dict[str, object]] = []
-        for name, ko in self.kos:
+        for name, image_of in linked.items():
+            path = folder / f"{name}.linked.ko"
+            path.write_bytes(image_of.data)
+            self.module_symbols[name] = Symbols.from_elf(path)
+        # One table of every loaded module's symbols and vmlinux's: its address index is built once.
+        everything = self.symbols
+        for own in self.module_symbols.values():
+            everything = own.merged(everything)
+        for name, _ko in self.kos:
             got, mod = linked.get(name), captured.get(name)
             if got is None or mod is None:
                 listing.append({"module": name, "loaded": False})
                 continue
             path = folder / f"{name}.linked.ko"
-            path.write_bytes(got.data)
-            image = Vmlinux.module(path, name, self.vmlinux, Symbols.from_elf(path).merged(self.symbols))
+            image = Vmlinux.module(path, name, self.vmlinux, everything)
             sites = image.all_sites()
             known = [(w.address, w.address + w.size) for w in got.skipped + got.pending]
             one = comparisons_for(image, image.symbols, sites, {"booted": mod.capture}, self.inspect.tables, known)
@@ -287,10 +295,12 @@ class Inspection:
         starts = [s[0] for s in spans]
         named: list[Event] = []
         for e in events:
-            if e.module is None and spans:
-                i = bisect.bisect_right(starts, e.address) - 1
-                if i >= 0 and e.address < spans[i][1]:
-                    e = dataclasses.replace(e, module=spans[i][2])
+            i = bisect.bisect_right(starts, e.address) - 1 if spans else -1
+            if i >= 0 and e.address < spans[i][1] and e.source not in MODULE_EVENTS:
+                # a write into a loaded module's text: its module, and its place named by the module's symbols
+                own = self.module_symbols.get(spans[i][2])
+                e = dataclasses.replace(e, module=e.module or spans[i][2],
+                                        symbol=own.format(e.address) if own else e.symbol)
             named.append(e)
         kos = dict(self.kos)
         out = []
@@ -300,6 +310,10 @@ class Inspection:
             if ko is not None and 0 <= index < len(ko.sections):
                 r = dataclasses.replace(r, section=ko.sections[index].name)
             out.append(r)
+        # each apply_relocate_add marker named by its relocation section (".rela.text", ".klp.rela.<M>..text")
+        sections = {r.seq: r.section for r in out}
+        named = [dataclasses.replace(e, symbol=sections[e.seq]) if e.source == APPLY_RELOCATE_ADD
+                 and e.seq in sections else e for e in named]
         return named, out
 
     def write_extras(self) -> None:

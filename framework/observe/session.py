@@ -297,6 +297,10 @@ class Session:
             if label.startswith("trace:"):
                 event = self._trace_call(label[6:], regs, t)
             elif label.startswith("module:"):
+                if self.opt.trace_modules and self.window != "live":
+                    self.window = "live"    # the first module load: from here every text write is traced
+                    for writer in TRACED:
+                        self._arm(self._need(writer.name), f"trace:{writer.name}")
                 event = self._module_event(label[7:], regs, t)
         rules = [int(label[5:]) for label in labels if label.startswith("rule:")]
         if rules:
@@ -309,10 +313,6 @@ class Session:
             self.out.events.append(replace(event, seq=len(self.out.events) + 1))
         if event is not None and event.source == APPLY_RELOCATE_ADD and self.out.relocations:
             self.out.relocations[-1] = replace(self.out.relocations[-1], seq=self.out.events[-1].seq)
-        if event is not None and self.opt.trace_modules and self.window != "live":
-            self.window = "live"            # the first module load: from here every text write is traced
-            for writer in TRACED:
-                self._arm(self._need(writer.name), f"trace:{writer.name}")
         if "nmi" in labels:
             self._nmi_arrived(regs)
         if "nmi-early" in labels:

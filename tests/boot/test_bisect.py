@@ -9,7 +9,7 @@ source's build of the same recipe compiled.
 
 Over Debian: tests/data/bisect/irq-enable-sites.yaml counts the irq.irq_enable paravirt sites, 451 up to
 linux-image-6.1.0-54-amd64 (6.1.190-1) and 452 from -55- (6.1.192-1), as checked by hand on all eleven ABIs
-(tests/data/bisect/srso-alternatives.yaml, for the README and bench/bisect.py, flips at -53-).
+(tests/data/bisect/srso-alternatives.yaml, for the README and bench/bisecting.py, flips at -53-).
 """
 
 from __future__ import annotations

@@ -147,3 +147,13 @@ scenario:
     assert error.startswith(f"{cfg}:8:"), error            # the line of the misspelt location
     assert "text_poke_erly" in error and "did you mean 'text_poke_early'?" in error
     assert not (tmp_path / "out" / "nosym-rule" / "native" / "qemu.cmdline").exists()   # nothing booted
+
+
+@pytest.mark.parametrize("args, message", [
+    (("sites", "--module", "kvm"), "sites --module needs --live"),
+    (("trace", "--modules-only"), "trace --modules-only needs the modules to load: --module NAME"),
+])
+def test_module_options_that_cannot_work_are_refused_in_one_line(args: tuple[str, ...], message: str) -> None:
+    res = patchscope(*args)
+    assert res.returncode == 2 and message in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1

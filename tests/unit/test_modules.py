@@ -30,7 +30,7 @@ from framework.analysis.observation import observe
 from framework.analysis.stages import find_stages, last_stage, match_stage
 from framework.bisect.signature import facet
 from framework.config import Config, ModuleSpec, default_config, parse_config, to_yaml_dict
-from framework.elf.modinfo import ModuleError, ModuleInfo, info_of, load_order, modinfo
+from framework.elf.modinfo import ModuleError, ModuleInfo, info_of, load_order, modinfo, soft_pre, with_softdeps
 from framework.errors import ConfigError, ImageError
 from framework.guest import initramfs
 from framework.kernel import modules as kmodules
@@ -514,3 +514,19 @@ def test_recorded_boot_where_insmod_refuses_a_module_for_another_kernel() -> Non
     assert verdict.reasons == (("module test_static_keys failed to load: insmod: can't insert "
                                 "'/lib/modules/test_static_keys.ko': invalid module format"),)
     assert judge(parse_config("modules: [{module: test_static_keys, load: fails}]\n"), obs).verdict == "pass"
+
+
+def test_soft_pre_dependencies_load_first_by_name_or_alias() -> None:
+    assert soft_pre(["pre: crc32c post: foo", "pre: a b"]) == ("crc32c", "a", "b")
+    index = {
+        "libcrc32c": ModuleInfo("libcrc32c", "lib/libcrc32c.ko", softdeps=("crc32c",)),
+        "crc32c_intel": ModuleInfo("crc32c_intel", "c/crc32c-intel.ko", aliases=("crc32c", "crypto-crc32c")),
+        "crc32c_generic": ModuleInfo("crc32c_generic", "c/crc32c_generic.ko", aliases=("crc32c",)),
+        "xfs": ModuleInfo("xfs", "fs/xfs.ko", depends=("libcrc32c",), softdeps=("crc32c", "nowhere")),
+    }
+    soft = with_softdeps(index)
+    # the alias' first provider in name order, as modprobe would take one; an unknown softdep is left out
+    assert soft["libcrc32c"].depends == ("crc32c_generic",)
+    assert soft["xfs"].depends == ("crc32c_generic", "libcrc32c")
+    assert load_order(soft, ["xfs"]) == ["crc32c_generic", "libcrc32c", "xfs"]
+    assert index["libcrc32c"].depends == ()     # the index itself is not changed

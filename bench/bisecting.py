@@ -10,7 +10,7 @@
   directory), once with the ccache the first run filled (a fresh clone; what a second bisect of another
   tree of the same kernel costs).
 
-    .venv/bin/python bench/bisect.py [--skip-debian] [--skip-git] [--skip-cold]
+    .venv/bin/python bench/bisecting.py [--skip-debian] [--skip-git] [--skip-cold]
 """
 
 from __future__ import annotations
