@@ -32,7 +32,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -159,25 +159,34 @@ class _Make:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=self.env, text=True, errors="replace", bufsize=1, start_new_session=True)
         try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                log.write(line)
-                found = buildlog.step(line)
-                if found is not None:
-                    steps += 1
-                    if progress is not None:
-                        progress(found, steps)
-            return proc.wait()
-        except BaseException:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait()
-            log.write("patchscope: interrupted; make stopped\n")
-            raise
+            with stopped_with_patchscope(proc, log):
+                assert proc.stdout is not None
+                for line in proc.stdout:
+                    log.write(line)
+                    found = buildlog.step(line)
+                    if found is not None:
+                        steps += 1
+                        if progress is not None:
+                            progress(found, steps)
+                return proc.wait()
         finally:
             if proc.stdout is not None:
                 proc.stdout.close()
             log.flush()
+
+
+@contextlib.contextmanager
+def stopped_with_patchscope(proc: subprocess.Popen[str], log: IO[str]) -> Iterator[None]:
+    """make (started with start_new_session) and every compiler under it stop when patchscope does:
+    on Ctrl-C, SIGTERM or any error, its process group gets SIGTERM and the log says so."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait()
+        log.write("patchscope: interrupted; make stopped\n")
+        raise
 
 
 def _fail(what: str, log_path: Path, step: str) -> BuildError:

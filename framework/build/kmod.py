@@ -43,7 +43,6 @@ import os
 import posixpath
 import re
 import shutil
-import signal
 import subprocess
 import tarfile
 import time
@@ -69,7 +68,7 @@ from ..kernel.fetch import (
 )
 from ..kernel.refs import DebianRef
 from . import buildlog
-from .kbuild import jobs_default
+from .kbuild import jobs_default, stopped_with_patchscope
 
 Note = Callable[[str], None]
 
@@ -426,15 +425,9 @@ def _make(cmd: list[str], log: IO[str]) -> int:
     log.write(f"$ {' '.join(cmd)}\n")
     log.flush()
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
-    try:
+                            start_new_session=True, text=True)
+    with stopped_with_patchscope(proc, log):
         return proc.wait()
-    except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait()
-        log.write("patchscope: interrupted; make stopped\n")
-        raise
 
 
 def _failed(source_dir: Path, hdrs: Headers, log_path: Path, key: str, why: str | None = None) -> BuildError:

@@ -193,20 +193,28 @@ def parse_modes(ctx: yn.Ctx, node: yaml.Node, key: str) -> tuple[Mode, ...]:
     return cast(tuple[Mode, ...], tuple(seen))
 
 
+def _stat_path(ctx: yn.Ctx, node: yaml.Node, key: str, text: str) -> tuple[str, int | None]:
+    """A path from the config, resolved against the config's directory, and its st_mode (None: not there);
+    a path that exists but cannot be used is a one-line error."""
+    resolved = os.path.abspath(os.path.join(ctx.base_dir, os.path.expanduser(text)))
+    try:
+        return resolved, os.stat(resolved).st_mode
+    except (OSError, ValueError) as err:
+        if isinstance(err, OSError) and err.errno not in (errno.ENOENT, errno.ENOTDIR):
+            raise ctx.fail(node, f"{key}: cannot use {resolved} ({err.strerror or err})") from None
+        return resolved, None
+
+
 def _initramfs(ctx: yn.Ctx, node: yaml.Node, key: str) -> str:
     text = yn.text("'default', 'none' or the path of an initramfs file")(ctx, node, key)
     assert isinstance(text, str)
     if text in ("default", "none"):
         return text
-    resolved = os.path.abspath(os.path.join(ctx.base_dir, os.path.expanduser(text)))
-    try:
-        mode = os.stat(resolved).st_mode
-    except (OSError, ValueError) as err:
-        if isinstance(err, OSError) and err.errno not in (errno.ENOENT, errno.ENOTDIR):
-            raise ctx.fail(node, f"{key}: cannot use {resolved} ({err.strerror or err})") from None
+    resolved, mode = _stat_path(ctx, node, key, text)
+    if mode is None:
         close = difflib.get_close_matches(text, ("default", "none"), n=1, cutoff=0.6)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ctx.fail(node, f"{key}: file {resolved} not found{hint}") from None
+        raise ctx.fail(node, f"{key}: file {resolved} not found{hint}")
     if not stat.S_ISREG(mode):
         raise ctx.fail(node, f"{key}: {resolved} is not a regular file")
     return resolved
@@ -311,13 +319,9 @@ def _module_entry(ctx: yn.Ctx, node: yaml.Node, key: str, text: str) -> ModuleSp
     if "/" not in text and strip_ko_suffix(text) is None:
         raise ctx.fail(node, f"{key}: {yn.quote(text)} is neither a module name (letters, digits, '_' and '-', "
                              f"such as 'kvm_intel') nor the path of a module file ({', '.join(KO_SUFFIXES)})")
-    resolved = os.path.abspath(os.path.join(ctx.base_dir, os.path.expanduser(text)))
-    try:
-        mode = os.stat(resolved).st_mode
-    except (OSError, ValueError) as err:
-        if isinstance(err, OSError) and err.errno not in (errno.ENOENT, errno.ENOTDIR):
-            raise ctx.fail(node, f"{key}: cannot use {resolved} ({err.strerror or err})") from None
-        raise ctx.fail(node, f"{key}: module file {resolved} not found") from None
+    resolved, mode = _stat_path(ctx, node, key, text)
+    if mode is None:
+        raise ctx.fail(node, f"{key}: module file {resolved} not found")
     if stat.S_ISDIR(mode):
         return _module_sources(ctx, node, key, text, resolved)
     stem = strip_ko_suffix(os.path.basename(resolved))

@@ -196,11 +196,8 @@ class Session:
             for writer in TRACED:
                 if not writer.live_only:
                     self._arm(self._need(writer.name), f"trace:{writer.name}")
-        if (self.opt.trace or self.opt.trace_modules) and self.opt.module_name_offset is not None:
-            for name in (MODULE_FINALIZE, APPLY_RELOCATE_ADD):
-                address = self.symbols.address(name)
-                if address is not None:
-                    self._arm(address, f"module:{name}")
+        if self.opt.trace_modules:
+            self._arm_module_loading()
         if "booted" in captures or self.opt.modules is not None:
             # /init powers off right after its marker: stopping the guest on the way there is sure,
             # interrupting it when the marker line arrives is a race the power-off can win.
@@ -212,6 +209,15 @@ class Session:
             for i, address in enumerate(addresses):
                 self._rules_at.setdefault(address, []).append(i)
                 self._arm(address, f"rule:{i}")
+
+    def _arm_module_loading(self) -> None:
+        """Follow module loading: module_finalize() and apply_relocate_add() (needs the name offset from BTF)."""
+        if self.opt.module_name_offset is None:
+            return
+        for name in (MODULE_FINALIZE, APPLY_RELOCATE_ADD):
+            address = self.symbols.address(name)
+            if address is not None:
+                self._arm(address, f"module:{name}")
 
     # the loop ------------------------------------------------------------------------------
     def run(self) -> Outcome:
@@ -432,6 +438,9 @@ class Session:
                     for writer in TRACED:
                         if writer.live_only:
                             self._arm(self._need(writer.name), f"trace:{writer.name}")
+                    # Modules load from /init, after boot-time patching. Armed from the start, these two
+                    # made a traced boot's 106k stops 1.8x slower (280 s against 154 s natively).
+                    self._arm_module_loading()
             elif label.startswith("capture:"):
                 self._disarm(address, label)
                 name = label[8:]

@@ -22,48 +22,41 @@ from tests.conftest import REPO, patchscope, result_json, write_config
 pytestmark = pytest.mark.boot
 
 
-def pv_instructions(sites_file: Path) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+def pv_instructions(rows: list[dict[str, object]]) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
     """op -> the live instructions of its patched pv sites, for vmlinux and for kvm."""
     vmlinux: dict[str, set[str]] = defaultdict(set)
     kvm: dict[str, set[str]] = defaultdict(set)
-    with gzip.open(sites_file, "rt") as fh:
-        for line in fh:
-            site = json.loads(line)
-            if site["table"] != "paravirt" or site["state"] != "patched":
-                continue
-            text = "; ".join(i for i in site["live_insns"] if not i.startswith("nop"))
-            {None: vmlinux, "kvm": kvm}.get(site.get("module"), {})[site["op"]].add(text)   # type: ignore[index]
+    for site in rows:
+        if site["table"] != "paravirt" or site["state"] != "patched":
+            continue
+        text = "; ".join(str(i) for i in site["live_insns"] if not str(i).startswith("nop"))  # type: ignore[attr-defined]
+        if site.get("module") is None:
+            vmlinux[str(site["op"])].add(text)
+        elif site["module"] == "kvm":
+            kvm[str(site["op"])].add(text)
     return vmlinux, kvm
 
 
 @pytest.mark.parametrize("mode", ["native", "xen-pv"])
 def test_kvm_pv_sites_hold_what_vmlinux_sites_of_the_same_op_hold(mode: str, artifacts: Path) -> None:
-    res = patchscope("run", str(REPO / "configs" / "module-sites.yaml"), "--mode", mode,
-                     "--artifacts", str(artifacts), "-q")
-    assert res.returncode == 0, res.stdout + res.stderr
-    vmlinux, kvm = pv_instructions(artifacts / "module-sites" / mode / "sites-booted.jsonl.gz")
+    res = patchscope("sites", "--live", "--mode", mode, "--module", "kvm", "--module", "test_static_keys",
+                     "--table", "paravirt", "--table", "jump_labels", "--json", "--artifacts", str(artifacts))
+    assert res.returncode == 0, res.stderr
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    vmlinux, kvm = pv_instructions(rows)
     assert len(kvm) >= 10, kvm                      # cpuid, msr, irq, mmu ops: 16 ops in 6.1.0-56's kvm.ko
     for op, texts in kvm.items():
         assert texts <= vmlinux[op], f"{op}: kvm {texts}, vmlinux {vmlinux[op]}"
     wanted = "pushf; pop %rax" if mode == "native" else "call xen_save_fl_direct"
     assert kvm["irq.save_fl"] == {wanted}
-    loaded = json.loads((artifacts / "module-sites" / mode / "modules" / "loaded.json").read_text())
+    # every module site is tagged with its module; vmlinux's sites carry no module key
+    keys = [r for r in rows if r.get("module") == "test_static_keys"]
+    assert 10 <= len(keys) and all(r["table"] == "jump_labels" and r["state"] in ("patched", "unchanged")
+                                   for r in keys)
+    assert {r.get("module") for r in rows} == {None, "kvm", "test_static_keys"}
+    loaded = json.loads((artifacts / "sites" / mode / "modules" / "loaded.json").read_text())
     assert [m["module"] for m in loaded] == ["irqbypass", "kvm", "test_static_key_base", "test_static_keys"]
     assert all(m["loaded"] and not m["unresolved"] for m in loaded)    # every symbol resolved: the link is exact
-
-
-def test_sites_live_module_json_names_each_modules_sites(artifacts: Path) -> None:
-    res = patchscope("sites", "--live", "--module", "test_static_keys", "--table", "jump_labels", "--json",
-                     "--artifacts", str(artifacts))
-    assert res.returncode == 0, res.stderr
-    rows = [json.loads(line) for line in res.stdout.splitlines()]
-    mine = [r for r in rows if r.get("module") == "test_static_keys"]
-    assert 10 <= len(mine) < len(rows)           # vmlinux's jump labels too, without a module key
-    assert all(r["table"] == "jump_labels" and r["state"] in ("patched", "unchanged") for r in mine)
-    assert all("module" not in r for r in rows if r not in mine)
-    text = patchscope("sites", "--live", "--module", "test_static_keys", "--table", "jump_labels",
-                      "--artifacts", str(artifacts))
-    assert "test_static_keys:jump_labels" in text.stdout, text.stdout
 
 
 def test_module_loading_is_traced_relocations_then_patching_then_its_keys(tmp_path: Path, artifacts: Path) -> None:
