@@ -9,7 +9,7 @@ modules already loaded; the per-CPU section's symbols from ``mod->percpu``),
 then applies the ``SHT_RELA`` sections whose target is allocated
 (``apply_relocations``; ``.klp.rela.*`` sections, flagged
 ``SHF_RELA_LIVEPATCH``, are livepatch's and left for later) with the x86
-rules of ``arch/x86/kernel/module.c`` (``__write_relocate_add``)::
+rules of ``arch/x86/kernel/module.c`` (``__apply_relocate_add`` in 6.1, ``__write_relocate_add`` later)::
 
     R_X86_64_64     *(u64 *)loc = S + A
     R_X86_64_32     *(u32 *)loc = S + A          (must fit zero-extended)
