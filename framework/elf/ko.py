@@ -188,7 +188,6 @@ class Linked:
     """A module linked at its run-time addresses, before ``module_finalize()``."""
 
     data: bytes                                  # an ELF: sh_addr set, symbols absolute, relocations applied
-    placement: Mapping[str, int]
     writes: tuple[RelocWrite, ...]               # every relocation applied, in the loader's order
     pending: tuple[RelocWrite, ...] = ()         # livepatch relocations, not applied at load
     unresolved: tuple[str, ...] = ()             # undefined symbols nothing resolved (their bytes left as in the .ko)
@@ -249,9 +248,10 @@ def link(ko: Ko, placement: Mapping[str, int], resolve: Callable[[str], int | No
                 raise ImageError(f"{ko.name}: {rela.name}: a relocation at {target.name}+{r.offset:#x} lies outside "
                                  "the section or names no symbol; the module is corrupt")
             sym = ko.symbols[r.symbol]
-            label = sym.name or ko.sections[sym.shndx].name if sym.shndx < len(ko.sections) else sym.name
+            # a section symbol has no name of its own: the section's
+            label = sym.name or (ko.sections[sym.shndx].name if sym.shndx < len(ko.sections) else "")
             loc = base + r.offset
-            write = RelocWrite(loc, size, target.name, label or sym.name, r.type, livepatch)
+            write = RelocWrite(loc, size, target.name, label, r.type, livepatch)
             if livepatch:
                 pending.append(write)
                 continue
@@ -278,8 +278,8 @@ def link(ko: Ko, placement: Mapping[str, int], resolve: Callable[[str], int | No
         shown = ", ".join(sorted(unresolved)[:8]) + (" …" if len(unresolved) > 8 else "")
         notes.append(f"{ko.name}: {len(unresolved)} symbols could not be resolved on the host ({shown}); "
                      "the bytes their relocations write are compared as the .ko holds them")
-    return Linked(bytes(out), dict(placement), tuple(writes), tuple(pending), tuple(sorted(unresolved)),
-                  tuple(skipped), tuple(notes))
+    return Linked(bytes(out), tuple(writes), tuple(pending), tuple(sorted(unresolved)), tuple(skipped),
+                  tuple(notes))
 
 
 def layout(ko: Ko, base: int, align: int = 64) -> dict[str, int]:

@@ -289,9 +289,14 @@ class Inspection:
                                                                                       list[Relocation]]:
         """The trace with module text writes named by module (from where the loaded modules are), and each
         relocation section named from its .ko when the config loads it."""
-        spans = sorted((address, address + sec.size, m.module.name)
-                       for m in self.outcome.modules or [] for ko in [dict(self.kos).get(m.module.name)] if ko
-                       for sec in ko.sections if sec.executable and (address := m.module.sections.get(sec.name)))
+        kos = dict(self.kos)
+        spans = []
+        for m in self.outcome.modules or []:
+            for sec in kos[m.module.name].sections:     # captured modules are the config's (kos) only
+                address = m.module.sections.get(sec.name)
+                if sec.executable and address is not None:
+                    spans.append((address, address + sec.size, m.module.name))
+        spans.sort()
         starts = [s[0] for s in spans]
         named: list[Event] = []
         for e in events:
@@ -302,7 +307,6 @@ class Inspection:
                 e = dataclasses.replace(e, module=e.module or spans[i][2],
                                         symbol=own.format(e.address) if own else e.symbol)
             named.append(e)
-        kos = dict(self.kos)
         out = []
         for r in relocations:
             ko = kos.get(r.module)
