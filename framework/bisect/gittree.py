@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,11 +108,40 @@ def clone_of(tree: Path) -> Path:
         tmp = clone.with_name(clone.name + ".new")
         if tmp.exists():
             shutil.rmtree(tmp)
-        git(clone.parent, "clone", "--quiet", "--local", "--no-checkout", str(top), str(tmp))
+        _clone_local(top, tmp)
         tmp.rename(clone)
         (clone / ".git" / "patchscope-origin").write_text(f"{top}\n")
     git(clone, "fetch", "--quiet", "--force", "--no-tags", str(top), *refspecs)
     return clone
+
+
+def _clone_local(top: Path, dest: Path, attempts: int = 4) -> None:
+    """``git clone --local`` of ``top`` into ``dest``, again once a ``git gc`` in ``top`` has moved the objects.
+
+    A tree committed to a moment ago may have a detached ``git gc --auto`` packing its loose objects (a first
+    commit of a kernel source makes ~80,000 of them), and the hard-linking clone then finds an object gone:
+    ``failed to create link …: No such file or directory``. Once gc is done the objects are in a pack."""
+    common = Path(git(top, "rev-parse", "--path-format=absolute", "--git-common-dir").stdout.strip())
+    for attempt in range(1, attempts + 1):
+        proc = git(dest.parent, "clone", "--quiet", "--local", "--no-checkout", str(top), str(dest), check=False)
+        if proc.returncode == 0:
+            return
+        why = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
+        if attempt == attempts or not any("failed to create link" in w or "No such file" in w for w in why):
+            raise GitError(f"git clone --local {top} failed: {why[-1] if why else proc.returncode}")
+        shutil.rmtree(dest, ignore_errors=True)
+        waited = wait_for_gc(common)
+        print(f"patchscope: {top}'s objects moved while cloning them"
+              f"{f' (git gc ran for {waited:.0f} s)' if waited else ''}; cloning again", file=sys.stderr)
+
+
+def wait_for_gc(git_dir: Path, limit_s: float = 900.0) -> float:
+    """Wait while a ``git gc`` holds ``git_dir``'s gc.pid (at most ``limit_s``); the seconds waited."""
+    started = time.monotonic()
+    while (git_dir / "gc.pid").exists() and time.monotonic() - started < limit_s:
+        time.sleep(1.0)
+    time.sleep(0.5)
+    return time.monotonic() - started
 
 
 def _forget_orphans(clones: Path) -> None:

@@ -129,3 +129,53 @@ def test_the_cli_refuses_a_dirty_tree_with_exit_2_and_changes_nothing(repo: Path
     assert res.returncode == 2
     assert res.stderr.count("\n") == 1 and "uncommitted change" in res.stderr, res.stderr
     assert state(repo) == before
+
+
+def test_a_clone_racing_a_git_gc_waits_for_it_and_clones_again(repo: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """CI saw it: a first commit of a kernel source leaves ~80,000 loose objects, git commit detaches a
+    ``git gc --auto``, and the hard-linking clone finds an object packed away under it."""
+    import threading
+
+    from framework.bisect import gittree
+    real = gittree.git
+    gc_pid = repo / ".git" / "gc.pid"
+    clones: list[Path] = []
+
+    def gc_done() -> None:
+        git(repo, "repack", "-a", "-d", "-q")
+        git(repo, "prune-packed")
+        gc_pid.unlink()
+
+    def racing(path: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        if args[0] == "clone":
+            clones.append(Path(args[-1]))
+            if len(clones) == 1:     # the first clone loses the race: gc has started and holds gc.pid
+                gc_pid.write_text("1 host\n")
+                threading.Timer(1.0, gc_done).start()
+                Path(args[-1], ".git").mkdir(parents=True)       # what the failed clone leaves behind
+                return subprocess.CompletedProcess(args, 128, "", "fatal: failed to create link "
+                                                   f"'{args[-1]}/.git/objects/82/22cd': No such file or directory\n")
+        return real(path, *args, check=check)
+
+    monkeypatch.setattr(gittree, "git", racing)
+    clone = gittree.clone_of(repo)
+    assert len(clones) == 2 and not gc_pid.exists()
+    assert git(clone, "rev-parse", "refs/remotes/user/heads/main") == git(repo, "rev-parse", "main")
+    assert "objects moved while cloning them (git gc ran for" in capsys.readouterr().err
+
+
+def test_a_clone_that_fails_another_way_is_not_tried_again(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from framework.bisect import gittree
+    real, clones = gittree.git, []
+
+    def failing(path: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        if args[0] == "clone":
+            clones.append(args)
+            return subprocess.CompletedProcess(args, 128, "", "fatal: destination path exists\n")
+        return real(path, *args, check=check)
+
+    monkeypatch.setattr(gittree, "git", failing)
+    with pytest.raises(gittree.GitError, match="git clone --local .* failed: fatal: destination path exists"):
+        gittree.clone_of(repo)
+    assert len(clones) == 1
