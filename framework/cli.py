@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .matrix.commands import add_parsers
     add_parsers(sub)
+    from .observe.orc_commands import add_parser as add_orc_parser
+    add_orc_parser(sub, DEFAULT_ARTIFACTS)
     from .build.commands import add_parser as add_build_parser
     add_build_parser(sub)
     from .bisect.commands import add_parsers as add_bisect_parsers
@@ -218,6 +220,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         return cmd_sites(args)
     if args.command == "trace":
         return cmd_trace(args)
+    if args.command == "orc":
+        from .observe.orc_commands import cmd_orc
+        return cmd_orc(args)
     if args.command == "build":
         from .build.commands import cmd_build
         return cmd_build(args)

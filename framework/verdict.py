@@ -72,6 +72,7 @@ def judge(config: Config, observation: Observation, analysis: Analysis | None = 
     reasons += judge_sites(analysis.comparisons if analysis is not None else {}, expect)
     reasons += _judge_trace(config, analysis)
     reasons += judge_relocation_order(expect, analysis.trace if analysis is not None else None)
+    reasons += judge_orc(config, expect, analysis)
     if config.scenario is not None:
         log = analysis.scenario if analysis is not None else None
         if log is None:
@@ -100,6 +101,42 @@ def _judge_trace(config: Config, analysis: Analysis | None) -> list[str]:
     if check is not None and check.snapshots and not check.passed:
         return [f"trace {check.summary()}"]
     return []
+
+
+def judge_orc(config: Config, expect: Expect, analysis: Analysis | None) -> list[str]:
+    """inspect.orc and inspect.unwind (seed 004): ORC against the live text at every capture, and the unwinds
+    from inside patched sites against the frames the guest really had. Neither passes on nothing checked."""
+    inspect, reasons = config.inspect, []
+    if inspect is not None and inspect.orc:
+        reports = analysis.orc if analysis is not None else {}
+        allowed = expect.orc_disagreements or 0
+        if not reports:
+            reasons.append("inspect.orc: the run checked no ORC data (no orc.json): no capture was taken")
+        for where, report in reports.items():
+            total = report.total()
+            unknown = [d for d in report.disagreements if not any(p.search(d.symbol) for p in expect.orc_known)]
+            unknown_count = total.disagree - (len(report.disagreements) - len(unknown))
+            if total.boundaries == 0:
+                reasons.append(f"ORC at {where}: no instruction boundary inside a site was checked")
+            elif unknown_count > allowed:
+                first = unknown[0].describe() if unknown else ""
+                known = f", {total.disagree - unknown_count} more known (expect.orc_known)" \
+                    if total.disagree > unknown_count else ""
+                reasons.append(f"ORC at {where}: {unknown_count} of {total.boundaries} boundaries disagree "
+                               f"(at most {allowed} allowed{known}): {first}")
+    if inspect is not None and inspect.unwind is not None:
+        unwinds = analysis.unwinds if analysis is not None else ()
+        checked = [u for u in unwinds if u.agrees is not None]
+        wrong = [u for u in checked if not u.agrees]
+        allowed = expect.unwind_disagreements or 0
+        if not checked:
+            reasons.append(f"inspect.unwind: no stop inside a patched {inspect.unwind.table} site"
+                           f"{f' of {inspect.unwind.op}' if inspect.unwind.op else ''} could be compared with its "
+                           f"true frame ({len(unwinds)} stops)")
+        elif len(wrong) > allowed:
+            reasons.append(f"unwind: {len(wrong)} of {len(checked)} unwinds from inside patched sites miss the "
+                           f"true frame (at most {allowed} allowed): {wrong[0].site}: {wrong[0].detail}")
+    return reasons
 
 
 def judge_relocation_order(expect: Expect, trace: TraceSummary | None) -> list[str]:

@@ -20,9 +20,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..scenario import NMI_RECORD_STATES, NmiRecord
+from .orccheck import OrcReport
 from .relocorder import Overlap
 from .sites import Comparison
 from .trace import CheckResult
+from .unwind import UnwindCheck
 
 MAX_FIRST = 20   # findings result.json keeps per kind; the artefacts keep them all
 
@@ -129,6 +131,8 @@ class Analysis:
     trace: TraceSummary | None = None
     scenario: ScenarioLog | None = None
     error: str | None = None
+    orc: Mapping[str, OrcReport] = field(default_factory=dict)      # inspect.orc: per capture
+    unwinds: tuple[UnwindCheck, ...] = ()                           # inspect.unwind: every stop, in order
 
     def summary_json(self) -> dict[str, object]:
         """What result.json keeps: per capture, counts and the first findings; the trace and scenario summaries."""
@@ -137,6 +141,13 @@ class Analysis:
             out["trace"] = self.trace.to_json()
         if self.scenario is not None:
             out["scenario"] = self.scenario.summary_json()
+        if self.orc:
+            out["orc"] = {where: {"total": r.total().to_json(), "first": [d.to_json() for d in
+                                                                          r.disagreements[:MAX_FIRST]]}
+                          for where, r in self.orc.items()}
+        if self.unwinds:
+            out["unwind"] = {"stops": len(self.unwinds), "checked": sum(u.agrees is not None for u in self.unwinds),
+                             "disagree": sum(u.agrees is False for u in self.unwinds)}
         for name, comparison in self.comparisons.items():
             data = comparison.to_json(with_sites=False)
             for key in ("unknown_changes", "oversized", "pv_indirect"):

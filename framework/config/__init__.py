@@ -149,6 +149,7 @@ from .model import (
     QemuOptions,
     Requires,
     SiteAssertion,
+    UnwindSpec,
 )
 from .overrides import default_config, to_yaml_dict, with_overrides
 from .schema import MAX_CONFIG_BYTES, MAX_NAME_LENGTH, load_config, parse_config
@@ -171,6 +172,7 @@ __all__ = [
     "QemuOptions",
     "Requires",
     "SiteAssertion",
+    "UnwindSpec",
     "default_config",
     "load_config",
     "parse_config",

@@ -72,6 +72,9 @@ class Expect:
     # Traced module loads (seed 002): exactly the modules one of whose relocations lands on bytes a patch
     # of the same load wrote first; () for none.
     relocation_overlaps: tuple[str, ...] | None = None
+    orc_disagreements: int | None = None      # at most this many ORC disagreements (inspect.orc; default 0)
+    orc_known: tuple[re.Pattern[str], ...] = ()   # disagreements at symbols matching these are known, not counted
+    unwind_disagreements: int | None = None   # at most this many unwinds off the true frame (inspect.unwind; 0)
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,9 @@ class ExpectOverlay:
     stops: tuple[StopExpect, ...] = ()
     nmi: str | tuple[str, ...] | None = None
     relocation_overlaps: tuple[str, ...] | None = None
+    orc_disagreements: int | None = None
+    orc_known: tuple[re.Pattern[str], ...] = ()
+    unwind_disagreements: int | None = None
 
     def over(self, base: Expect) -> Expect:
         def pick(mine: T | None, theirs: T) -> T:
@@ -104,7 +110,10 @@ class ExpectOverlay:
             unknown_changes=pick(self.unknown_changes, base.unknown_changes),
             pv_indirect=pick(self.pv_indirect, base.pv_indirect), stops=base.stops + self.stops,
             nmi=pick(self.nmi, base.nmi), relocation_overlaps=pick(self.relocation_overlaps,
-                                                                   base.relocation_overlaps))
+                                                                   base.relocation_overlaps),
+            orc_disagreements=pick(self.orc_disagreements, base.orc_disagreements),
+            orc_known=base.orc_known + self.orc_known,
+            unwind_disagreements=pick(self.unwind_disagreements, base.unwind_disagreements))
 
 
 @dataclass(frozen=True)
@@ -115,6 +124,18 @@ class Inspect:
     tables: tuple[str, ...] = TABLES
     trace: bool = False     # record every text write of the boot (analysis/trace.py), with its self-check
     trace_modules: bool = False   # trace: modules: only module loading (relocations, patching), from the first load
+    orc: bool = False       # seed 004: ORC checked at every instruction boundary of every site's live bytes
+    unwind: UnwindSpec | None = None   # seed 004: stop inside patched sites and unwind with ORC there
+
+
+@dataclass(frozen=True)
+class UnwindSpec:
+    """``inspect.unwind``: stop at the instruction boundaries inside ``sites`` patched sites of a table (of one
+    pv op), from the end of boot-time patching, and unwind one frame with ORC from the live registers."""
+
+    table: str = "paravirt"
+    op: str | None = None          # paravirt: a pv op ("irq.save_fl"); None: any
+    sites: int = 3
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,9 @@ def _expect_dict(expect: Expect) -> dict[str, object]:
                              ("pv_indirect", expect.pv_indirect)) if v is not None},
         **({"relocation_overlaps": list(expect.relocation_overlaps)}
            if expect.relocation_overlaps is not None else {}),
+        **({"orc_known": [p.pattern for p in expect.orc_known]} if expect.orc_known else {}),
+        **{k: v for k, v in (("orc_disagreements", expect.orc_disagreements),
+                             ("unwind_disagreements", expect.unwind_disagreements)) if v is not None},
         # Scenario checks too appear only when used: they need a scenario: section.
         **({"stops": [_stop_dict(s) for s in expect.stops]} if expect.stops else {}),
         **({"nmi": expect.nmi if isinstance(expect.nmi, str) else list(expect.nmi)}
@@ -86,6 +89,9 @@ def _overlay_dict(overlay: ExpectOverlay) -> dict[str, object]:
                              ("pv_indirect", overlay.pv_indirect)) if v is not None},
         **({"relocation_overlaps": list(overlay.relocation_overlaps)}
            if overlay.relocation_overlaps is not None else {}),
+        **({"orc_known": [p.pattern for p in overlay.orc_known]} if overlay.orc_known else {}),
+        **{k: v for k, v in (("orc_disagreements", overlay.orc_disagreements),
+                             ("unwind_disagreements", overlay.unwind_disagreements)) if v is not None},
         **({"stops": [_stop_dict(s) for s in overlay.stops]} if overlay.stops else {}),
         **({"nmi": overlay.nmi if isinstance(overlay.nmi, str) else list(overlay.nmi)}
            if overlay.nmi is not None else {}),
@@ -176,7 +182,11 @@ def to_yaml_dict(config: Config) -> dict[str, object]:
         "expect": _expect_dict(config.expect) | _overlays_dict(config),
         **({"inspect": {"capture": list(config.inspect.captures), "tables": list(config.inspect.tables),
                         **({"trace": True} if config.inspect.trace else
-                           {"trace": "modules"} if config.inspect.trace_modules else {})}}
+                           {"trace": "modules"} if config.inspect.trace_modules else {}),
+                        **({"orc": True} if config.inspect.orc else {}),
+                        **({"unwind": {"table": config.inspect.unwind.table, "sites": config.inspect.unwind.sites,
+                                       **({"op": config.inspect.unwind.op} if config.inspect.unwind.op else {})}}
+                           if config.inspect.unwind else {})}}
            if config.inspect else {}),
         **({"scenario": _scenario_dict(config.scenario)} if config.scenario is not None else {}),
         **({"requires": {k: v for k, v in (("kernel", config.requires.describe_kernel()),

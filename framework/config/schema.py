@@ -38,8 +38,12 @@ from .model import (
     QemuOptions,
     Requires,
     SiteAssertion,
+    UnwindSpec,
 )
 from .model import MODULE_LOADS as _MODULE_LOADS
+
+# The tables inspect.unwind may stop in: those whose patched sites can hold several instructions.
+UNWIND_TABLES = ("paravirt", "alternatives")
 
 __all__ = ["MAX_CONFIG_BYTES", "MAX_NAME_LENGTH", "SCHEMA", "build_config", "load_config", "parse_config",
            "parse_modes"]
@@ -288,6 +292,15 @@ def _trace(ctx: yn.Ctx, node: yaml.Node, key: str) -> bool | str:
                          f"loading of modules only: relocations and patching, in order), not {yn.describe(node)}")
 
 
+def _unwind_table(ctx: yn.Ctx, node: yaml.Node, key: str) -> str:
+    """inspect.unwind.table: a table whose sites patching rewrites into more than one instruction."""
+    value = yn.scalar_text(ctx, node, key, "a table name")
+    if value not in UNWIND_TABLES:
+        raise ctx.fail(node, f"{key} must be one of {', '.join(UNWIND_TABLES)} (the tables whose patched sites "
+                             f"hold more than one instruction), not {yn.quote(value)}")
+    return value
+
+
 def _module_sources(ctx: yn.Ctx, node: yaml.Node, key: str, text: str, directory: str) -> ModuleSpec:
     """A directory given where a module was expected: which of its modules is not said."""
     raise ctx.fail(node, f"{key}: {directory} is a directory; name the module to build from it and load, "
@@ -389,6 +402,9 @@ _EXPECT_KEYS: dict[str, yn.Parser | yn.Section] = {
     "unknown_changes": _at_most,
     "pv_indirect": _at_most,
     "relocation_overlaps": _module_names,
+    "orc_disagreements": _at_most,
+    "orc_known": yn.regexes,
+    "unwind_disagreements": _at_most,
     "outcome": yn.choice(OUTCOMES),
     "crash": yn.optional_regex,
     "allow_crashes": yn.regexes,
@@ -422,6 +438,12 @@ SCHEMA = yn.Section({
         "capture": yn.names("a capture point or a list of them", _capture_name),
         "tables": yn.names("a table name or a list of them", _table_name),
         "trace": _trace,
+        "orc": yn.flag,
+        "unwind": yn.Section({
+            "table": _unwind_table,
+            "op": yn.text("a pv op such as 'irq.save_fl'", pattern=r"[A-Za-z_][A-Za-z0-9_.\[\]]*"),
+            "sites": yn.count,
+        }),
     }),
     "scenario": scenario_parse.SCENARIO,
     "requires": yn.Section({
@@ -434,6 +456,18 @@ SCHEMA = yn.Section({
 
 
 # --------------------------------------------------------------------------- building
+
+
+def _unwind_spec(ctx: yn.Ctx, values: Mapping[str, object]) -> UnwindSpec | None:
+    spec = cast(Mapping[str, object] | None, values.get("unwind"))
+    if spec is None:
+        return None
+    table = cast(str, spec.get("table", "paravirt"))
+    op = cast(str | None, spec.get("op"))
+    if op is not None and table != "paravirt":
+        raise ctx.fail(ctx.lines.get("inspect.unwind.op"), f"inspect.unwind.op names a pv op, but the table is "
+                                                           f"{table}; remove op or use table: paravirt")
+    return UnwindSpec(table=table, op=op, sites=cast(int, spec.get("sites", UnwindSpec.sites)))
 
 
 def build_config(ctx: yn.Ctx, values: Mapping[str, object], name: str, path: Path | None) -> Config:
@@ -485,7 +519,8 @@ def build_config(ctx: yn.Ctx, values: Mapping[str, object], name: str, path: Pat
         inspect = Inspect(captures=get(inspect_values, "capture", Inspect.captures),
                           tables=get(inspect_values, "tables", Inspect.tables),
                           trace=inspect_values.get("trace") is True,
-                          trace_modules=inspect_values.get("trace") == "modules")
+                          trace_modules=inspect_values.get("trace") == "modules",
+                          orc=inspect_values.get("orc") is True, unwind=_unwind_spec(ctx, inspect_values))
     sites = get(expect, "sites", cast(tuple[SiteAssertion, ...], ()))
     _check_sites(ctx, "expect", expect, sites, inspect)
 
@@ -509,6 +544,9 @@ def build_config(ctx: yn.Ctx, values: Mapping[str, object], name: str, path: Pat
         stops=stops,
         nmi=nmi,
         relocation_overlaps=cast(tuple[str, ...] | None, expect.get("relocation_overlaps")),
+        orc_disagreements=cast(int | None, expect.get("orc_disagreements")),
+        orc_known=get(expect, "orc_known", cast(tuple[re.Pattern[str], ...], ())),
+        unwind_disagreements=cast(int | None, expect.get("unwind_disagreements")),
     )
     overlays: dict[Mode, ExpectOverlay] = {}
     for mode in MODES:
@@ -560,7 +598,10 @@ def _overlay(ctx: yn.Ctx, mode: Mode, values: Mapping[str, object], base: Expect
         unknown_changes=cast(int | None, values.get("unknown_changes")),
         pv_indirect=cast(int | None, values.get("pv_indirect")), stops=get(values, "stops", ()),
         nmi=cast(str | tuple[str, ...] | None, values.get("nmi")),
-        relocation_overlaps=cast(tuple[str, ...] | None, values.get("relocation_overlaps")))
+        relocation_overlaps=cast(tuple[str, ...] | None, values.get("relocation_overlaps")),
+        orc_disagreements=cast(int | None, values.get("orc_disagreements")),
+        orc_known=get(values, "orc_known", ()),
+        unwind_disagreements=cast(int | None, values.get("unwind_disagreements")))
     merged = overlay.over(base)
 
     def line(key: str) -> int | None:
@@ -592,6 +633,11 @@ def _check_sites(ctx: yn.Ctx, prefix: str, values: Mapping[str, object], sites: 
             raise ctx.fail(lines.get(f"{prefix}.{key}"),
                            f"{prefix}.{key} needs an inspect: section saying what to capture, "
                            "e.g. inspect: {capture: after-patching}")
+    for key, needs in (("orc_disagreements", "orc: true"), ("orc_known", "orc: true"),
+                       ("unwind_disagreements", "unwind: {op: irq.save_fl}")):
+        if values.get(key) not in (None, ()) and (inspect is None or not (inspect.orc if key.startswith("orc")
+                                                                     else inspect.unwind)):
+            raise ctx.fail(lines.get(f"{prefix}.{key}"), f"{prefix}.{key} needs inspect: {{{needs}}}")
     for index, assertion in enumerate(sites):
         assert inspect is not None
         if assertion.at is not None and assertion.at not in inspect.captures:

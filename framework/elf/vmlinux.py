@@ -113,6 +113,7 @@ from elftools.elf.elffile import ELFFile
 from ..domain import TABLES
 from ..errors import ImageError, UnsupportedError
 from . import btf as btf_mod
+from . import orc as orc_mod
 from .cpufeatures import TABLES as FEATURE_TABLES
 from .cpufeatures import FeatureNames, kernel_feature_names, table_feature_names
 
@@ -680,6 +681,30 @@ class Vmlinux:
         for text in notes:
             self._note(text)
         return layout
+
+    @cached_property
+    def orc(self) -> orc_mod.OrcTable:
+        """The ORC unwind table (``.orc_unwind_ip``, ``.orc_unwind``), its entry layout from BTF, else from
+        ``.orc_header`` (6.4+), else by version; ImageError when the kernel has none (no CONFIG_UNWINDER_ORC)."""
+        where = f"{self.module_name or 'vmlinux'} {self.path}"
+        ips, unwind = self.sections.get(".orc_unwind_ip"), self.sections.get(".orc_unwind")
+        if ips is None or unwind is None or ips.nobits or unwind.nobits:
+            raise ImageError(f"{where}: no .orc_unwind_ip/.orc_unwind sections: the kernel was built without the "
+                             "ORC unwinder (CONFIG_UNWINDER_ORC=y), so there is no ORC data to check")
+        fmt = orc_mod.OrcFormat.from_btf(self.btf, self.version) if self.btf is not None else None
+        header = self.sections.get(".orc_header")
+        if fmt is None and header is not None and not header.nobits:
+            fmt = orc_mod.OrcFormat.from_header(self._bytes(header))
+        if fmt is None:
+            fmt = orc_mod.OrcFormat.for_version(self.version)
+            self._note(f"orc: no BTF struct orc_entry; the entry layout of {fmt.kernels} by version")
+        lookup = self.sections.get(".orc_lookup")
+        return orc_mod.OrcTable.parse((ips.address, self._bytes(ips)), (unwind.address, self._bytes(unwind)), fmt,
+                                      where, (lookup.address, self._bytes(lookup))
+                                      if lookup is not None and not lookup.nobits else None)
+
+    def _bytes(self, sec: Section) -> bytes:
+        return bytes(self._map[sec.offset:sec.offset + sec.size])
 
     @cached_property
     def features(self) -> FeatureNames:

@@ -27,11 +27,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..analysis import modules as modules_mod
-from ..analysis import relocorder
+from ..analysis import orccheck, relocorder
 from ..analysis.findings import Analysis, LoggedStop, ScenarioLog, TraceSummary
 from ..analysis.relocorder import Relocation
 from ..analysis.sites import Capture, Comparison, compare
 from ..analysis.trace import APPLY_RELOCATE_ADD, MODULE_EVENTS, Event, Explainer, Model, counts, write_jsonl
+from ..analysis.unwind import UnwindCheck
 from ..config import Inspect
 from ..debugger import Backend, open_debugger
 from ..debugger.contract import DebuggerError
@@ -47,6 +48,7 @@ from ..vm.qemu import Qemu
 from .capture import Plan, text_regions
 from .console import ConsoleThread
 from .session import Options, Outcome, Session
+from .unwinding import UnwindProbe, unwind_candidates
 
 # arch/x86/include/asm/static_call.h (6.1): a trampoline is "jmp rel32" or "ret; int3…",
 # 5 bytes, then a ud1 signature that is never rewritten.
@@ -141,6 +143,21 @@ class Inspection:
         self.kos = [(name, ko_mod.parse(path.read_bytes(), str(path))) for name, path in modules]
         self.module_layout: kmodlist.ModuleLayout | None = None
         captures = inspect.captures
+        # seed 004: the ORC table, read (and its layout checked) before anything boots
+        self.orc_table = self.vmlinux.orc if inspect.orc or inspect.unwind is not None else None
+        self.probe: UnwindProbe | None = None
+        if inspect.unwind is not None:
+            assert self.orc_table is not None
+            init = (begin, end) if begin is not None and end is not None else (0, 0)
+            self.probe = UnwindProbe(inspect.unwind, self.orc_table, self.symbols, unwind_candidates(
+                self.sites, inspect.unwind, lambda a: init[0] <= a < init[1]))
+            if not self.probe.sites:
+                raise ConfigError(where[0], where[1], f"inspect.unwind: {kernel.ref} has no {inspect.unwind.table} "
+                                  f"site{f' of {inspect.unwind.op}' if inspect.unwind.op else ''} outside init text "
+                                  "to stop in" + ("; pv ops are named like irq.save_fl" if inspect.unwind.op else ""))
+            if "after-patching" not in captures:     # the probe is armed from the live text at the end of patching
+                captures = ("after-patching", *captures) if "before-patching" not in captures else \
+                    ("before-patching", "after-patching", *captures[1:])
         if self.kos:
             self.module_layout = kmodlist.module_layout(self.vmlinux.btf, str(kernel.vmlinux))
             if self.symbols.address(MODULE_LIST) is None:
@@ -176,7 +193,7 @@ class Inspection:
                        pv_ops=self.pv_ops, pv_sites=self.pv_sites,
                        inject_nmi=inject_nmi, model=model,
                        modules=self._capture_modules if self.kos else None, module_name_offset=name_offset,
-                       trace_modules=self.trace_modules)
+                       trace_modules=self.trace_modules, unwind=self.probe)
 
     def _capture_modules(self, read: kmodlist.Read) -> list[modules_mod.ModuleCapture]:
         """At the marker: the module list, and the text of each module the config loads."""
@@ -239,8 +256,8 @@ class Inspection:
         # Under KVM software breakpoints would write int3 into the text being compared.
         plan = dataclasses.replace(self.plan, hardware=machine.accel == "kvm")
         # auto: the remote protocol for traces and scenarios (thousands of stops), GDB/MI otherwise.
-        kind: Backend = "rsp" if self.debugger == "rsp" or (
-            self.debugger == "auto" and (self.trace or self.trace_modules or self.scenario is not None)) else "gdb"
+        kind: Backend = "rsp" if self.debugger == "rsp" or (self.debugger == "auto" and (
+            self.trace or self.trace_modules or self.scenario is not None or self.probe is not None)) else "gdb"
         log = self.outdir / ("rsp.log" if kind == "rsp" else "gdb.mi.log")
         with open_debugger(kind, machine.gdb_socket, log, self.kernel.symbols or self.kernel.vmlinux) as dbg:
             dbg.connect()
@@ -283,7 +300,17 @@ class Inspection:
         if self.scenario is not None:
             scenario = ScenarioLog(tuple(LoggedStop.from_json(s.to_json(self.symbols)) for s in out.stops),
                                    tuple(out.nmis), out.bound_reached)
-        return Analysis(comparisons, trace, scenario, self.error)
+        orc = {}
+        if self.inspect.orc and self.orc_table is not None:
+            for name, comparison in comparisons.items():
+                orc[name] = orccheck.check_live(self.orc_table, comparison.sites, self.symbols, name)
+                self.note(orc[name].summary())
+        unwinds: tuple[UnwindCheck, ...] = ()
+        if self.probe is not None:
+            unwinds = tuple(self.probe.checks)
+            if not self.probe.done:
+                self.note(self.probe.summary())
+        return Analysis(comparisons, trace, scenario, self.error, orc, unwinds)
 
     def _module_trace(self, events: list[Event], relocations: list[Relocation]) -> tuple[list[Event],
                                                                                       list[Relocation]]:

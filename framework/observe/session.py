@@ -72,6 +72,7 @@ from ..scenario import (
 )
 from .capture import Plan
 from .console import ConsoleThread
+from .unwinding import UnwindProbe
 
 # The registers read at each stop: every one a scenario expression may name (scenario.REGISTERS),
 # rip and rsp first. The order is kept for the recorded sessions (tests/data/sessions), which
@@ -136,6 +137,7 @@ class Options:
     # Traced runs: offsetof(struct module, name) (from BTF), to follow module loading; None: not followed.
     module_name_offset: int | None = None
     trace_modules: bool = False         # trace module loading only: the writers are armed at the first load
+    unwind: UnwindProbe | None = None   # inspect.unwind: armed at the end of boot-time patching
 
 
 class Session:
@@ -319,6 +321,8 @@ class Session:
             self.out.events.append(replace(event, seq=len(self.out.events) + 1))
         if event is not None and event.source == APPLY_RELOCATE_ADD and self.out.relocations:
             self.out.relocations[-1] = replace(self.out.relocations[-1], seq=self.out.events[-1].seq)
+        if "unwind-entry" in labels or "unwind-at" in labels:
+            self._unwind_stop(address, labels, regs)
         if "nmi" in labels:
             self._nmi_arrived(regs)
         if "nmi-early" in labels:
@@ -335,6 +339,35 @@ class Session:
             end = event.address + len(event.new)
             for entry in [a for a in self._skippable if event.address < a + len(NOP5) and a < end]:
                 del self._skippable[entry]
+
+    # inspect.unwind ---------------------------------------------------------------------------
+    def _arm_unwind(self, probe: UnwindProbe, capture: Capture) -> None:
+        at, entries = probe.plan(capture)
+        for address in entries:
+            self._arm(address, "unwind-entry")
+        for address in at:
+            self._arm(address, "unwind-at")
+        self.note(probe.note_text)
+
+    def _read_u64(self, address: int) -> int | None:
+        try:
+            return self.dbg.read_u64(address)
+        except DebuggerError:
+            return None
+
+    def _unwind_stop(self, address: int, labels: list[str], regs: Mapping[str, int]) -> None:
+        probe = self.opt.unwind
+        assert probe is not None
+        if "unwind-entry" in labels:
+            probe.at_entry(address, regs, self._read_u64)
+        if "unwind-at" in labels and probe.at_boundary(address, regs, self._read_u64):
+            self._disarm(address, "unwind-at")
+        if probe.finished() and not probe.done:
+            probe.done = True
+            for point in [a for a, p in self.points.items() if {"unwind-entry", "unwind-at"} & set(p.labels)]:
+                self._disarm(point, "unwind-entry")
+                self._disarm(point, "unwind-at")
+            self.note(probe.summary())
 
     # the trace -----------------------------------------------------------------------------
     def _trace_call(self, function: str, regs: Mapping[str, int], t: float) -> Event:
@@ -441,6 +474,8 @@ class Session:
                     # Modules load from /init, after boot-time patching. Armed from the start, these two
                     # made a traced boot's 106k stops 1.8x slower (280 s against 154 s natively).
                     self._arm_module_loading()
+                if self.opt.unwind is not None:
+                    self._arm_unwind(self.opt.unwind, read("after-patching"))
             elif label.startswith("capture:"):
                 self._disarm(address, label)
                 name = label[8:]

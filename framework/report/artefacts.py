@@ -8,6 +8,8 @@ Files in the artefacts directory::
     sites-<capture>.jsonl.gz     every compared site, one ``SiteState.to_json()`` a line
     trace.json                   (traced runs) counts per window and stage, the self-check
     scenario.jsonl               (scenarios) every stop with its effects, then each NMI's fate
+    orc.json                     (inspect.orc) per capture: boundaries checked per table and op, disagreements
+    unwind.json                  (inspect.unwind) every stop inside a patched site: ORC's frame against the truth
 
 ``load_analysis(write_analysis(a)) == a``: what ``check`` judges is what the run judged.
 """
@@ -21,11 +23,15 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..analysis.findings import Analysis, ScenarioLog, TraceSummary
+from ..analysis.orccheck import OrcReport
 from ..analysis.sites import Comparison, SiteState
+from ..analysis.unwind import UnwindCheck
 from ..errors import ArtefactError
 
 SITES_INDEX = "sites.json"
 TRACE = "trace.json"
+ORC = "orc.json"          # inspect.orc: the ORC check of each capture (seed 004)
+UNWIND = "unwind.json"    # inspect.unwind: every stop inside a patched site, unwound
 SCENARIO = "scenario.jsonl"
 
 
@@ -46,6 +52,10 @@ def write_analysis(directory: Path, analysis: Analysis) -> None:
     (directory / SITES_INDEX).write_text(json.dumps(index, indent=1) + "\n")
     if analysis.trace is not None:
         (directory / TRACE).write_text(json.dumps(analysis.trace.to_json(), indent=1) + "\n")
+    if analysis.orc:
+        (directory / ORC).write_text(json.dumps([r.to_json() for r in analysis.orc.values()], indent=1) + "\n")
+    if analysis.unwinds:
+        (directory / UNWIND).write_text(json.dumps([u.to_json() for u in analysis.unwinds], indent=1) + "\n")
     if analysis.scenario is not None:
         with open(directory / SCENARIO, "w", encoding="utf-8") as fh:
             fh.writelines(json.dumps(row) + "\n" for row in analysis.scenario.lines())
@@ -103,7 +113,14 @@ def load_analysis(directory: Path) -> Analysis | None:
             bound = bool(meta.get("bound_reached")) if isinstance(meta, dict) else False
             scenario = ScenarioLog.from_lines(_json_lines(directory / SCENARIO), bound)
         error = index.get("error")
-        return Analysis(comparisons, trace, scenario, None if error is None else str(error))
+        orc = {}
+        if (directory / ORC).exists():
+            for row in _json_list(directory / ORC):
+                report = OrcReport.from_json(row)
+                orc[report.where] = report
+        unwinds = tuple(UnwindCheck.from_json(row) for row in _json_list(directory / UNWIND)) \
+            if (directory / UNWIND).exists() else ()
+        return Analysis(comparisons, trace, scenario, None if error is None else str(error), orc, unwinds)
     except (KeyError, ValueError, TypeError) as err:
         raise ArtefactError(f"{directory}: the saved analysis cannot be read ({type(err).__name__}: {err}); "
                          "re-run the config to record it again") from None
@@ -117,6 +134,16 @@ def read_json_object(path: Path) -> Mapping[str, object]:
         raise ArtefactError(f"{path}: not JSON ({err}); the file is damaged: re-run the config") from None
     if not isinstance(data, dict):
         raise ArtefactError(f"{path}: not a JSON object; the file is damaged: re-run the config")
+    return data
+
+
+def _json_list(path: Path) -> list[Mapping[str, object]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ArtefactError(f"{path}: unreadable ({err}); re-run the config to record it again") from None
+    if not isinstance(data, list) or not all(isinstance(row, dict) for row in data):
+        raise ArtefactError(f"{path}: not a list of objects; re-run the config to record it again")
     return data
 
 

@@ -171,6 +171,14 @@ ERRORS = [
     ("name: a\nkernel: \x00\n", 2, "character U+0000 is not allowed (line 2, column 9)"),
     ("name: *nope\n", 1, "found undefined alias 'nope'"),
     ("[" * 5000, 1, "nested too deeply"),
+    # seed 004: inspect.orc, inspect.unwind and their expectations
+    ("inspect:\n  unwind: {table: returns}\n", 2, "inspect.unwind.table must be one of paravirt, alternatives"),
+    ("inspect:\n  unwind: {table: alternatives, op: irq.save_fl}\n", 2, "inspect.unwind.op names a pv op, but the table is alternatives"),
+    ("inspect:\n  unwind: {sites: 0}\n", 2, "inspect.unwind.sites must be a whole number >= 1"),
+    ("inspect:\n  orc: yes please\n", 2, "inspect.orc must be true or false"),
+    ("inspect: {capture: booted}\nexpect:\n  orc_known: ['__switch_to_asm']\n", 3, "expect.orc_known needs inspect: {{orc: true}}"),
+    ("inspect: {capture: booted}\nexpect:\n  unwind_disagreements: 0\n", 3, "expect.unwind_disagreements needs inspect: {{unwind:"),
+    ("inspect: {orc: true}\nexpect:\n  orc_disagreements: -1\n", 3, "expect.orc_disagreements must be a whole number >= 0"),
 ]
 
 
