@@ -28,11 +28,15 @@ from dataclasses import dataclass, field
 from ..elf import orc as orc_mod
 from ..elf.orc import OrcEntry, OrcTable
 from ..elf.vmlinux import Site, Symbols
-from .sites import SiteState
+from .sites import SiteState, _decode
 from .spdelta import Boundary, boundaries
 
 NOP1 = b"\x90"
 NOP5 = bytes.fromhex("0f1f440000")
+# asm/nops.h (x86-64): x86_nops[n], the NOP of n bytes the kernel pads with (add_nops, up to ASM_NOP_MAX = 8).
+X86_NOPS = {1: "90", 2: "6690", 3: "0f1f00", 4: "0f1f4000", 5: "0f1f440000", 6: "660f1f440000",
+            7: "0f1f8000000000", 8: "0f1f840000000000"}
+ASM_NOP_MAX = 8
 LFENCE = bytes.fromhex("0faee8")
 UNCHECKED_TABLES = ("smp_locks",)
 # The indirect-branch thunks a retpoline site calls: __x86_indirect_thunk_<reg>; their register numbers.
@@ -43,11 +47,58 @@ MASK64 = (1 << 64) - 1
 # Calls that return on another stack: arch/x86/entry/entry_64.S's helpers that push a pt_regs for their caller
 # (PUSH_AND_CLEAR_REGS save_ret=1) and return with %rsp below it. After them the stack is not simulated.
 RETURNS_ELSEWHERE = frozenset(("error_entry", "xen_error_entry", "paranoid_entry"))
+# Functions that do not return (objtool's global noreturn list, tools/objtool/noreturns.h in 6.12, check.c's
+# global_noreturns[] in 6.1): the instruction after a call to one is another block's, described as such.
+NORETURN = frozenset((
+    "__fortify_panic", "fortify_panic", "__stack_chk_fail", "__ubsan_handle_builtin_unreachable", "panic",
+    "usercopy_abort", "do_exit", "do_group_exit", "make_task_dead", "kthread_exit", "__module_put_and_kthread_exit",
+    "rewind_stack_and_make_dead", "machine_real_restart", "cpu_bringup_and_idle", "cpu_startup_entry",
+    "arch_cpu_idle_dead", "play_dead", "hlt_play_dead", "stop_this_cpu", "nmi_panic_self_stop",
+    "panic_smp_self_stop", "start_kernel", "x86_64_start_kernel", "x86_64_start_reservations", "xen_start_kernel",
+    "xen_cpu_bringup_again", "sev_es_terminate", "snp_abort", "hv_ghcb_terminate", "ex_handler_msr_mce",
+    "__tdx_hypercall_failed", "kunit_try_catch_throw", "btrfs_assertfail", "__invalid_creds", "mpt_halt_firmware",
+    "lbug_with_loc", "__reiserfs_panic", "bch2_trans_in_restart_error", "bch2_trans_unlocked_error",
+))
 
 
-def padded(code: bytes, length: int, pad: bytes = NOP1) -> bytes:
-    """``code`` filled up to ``length`` with ``pad`` bytes (the kernel pads with NOPs, returns with int3)."""
-    return code + pad * (length - len(code)) if len(code) <= length else code
+def add_nops(length: int, version: tuple[int, int] = (6, 1)) -> bytes:
+    """The padding the kernel writes over ``length`` bytes: x86_nops[] of up to 8 bytes each (``add_nops``, up to
+    6.2); from 6.3 (``add_nop``) a run longer than 8 bytes is ``jmp`` over int3s."""
+    if version >= (6, 3) and length > ASM_NOP_MAX:
+        size = 2 if length < 128 else 5
+        jump = bytes((0xEB, length - 2)) if size == 2 else b"\xe9" + (length - 5).to_bytes(4, "little")
+        return jump + b"\xcc" * (length - size)
+    out = b""
+    while len(out) < length:
+        out += bytes.fromhex(X86_NOPS[min(ASM_NOP_MAX, length - len(out))])
+    return out
+
+
+def padded(code: bytes, length: int, pad: bytes | None = None, version: tuple[int, int] = (6, 1)) -> bytes:
+    """``code`` filled up to ``length``: with the kernel's NOPs (``add_nops``), or ``pad`` bytes (int3 after a
+    return)."""
+    if len(code) >= length:
+        return code
+    return code + (add_nops(length - len(code), version) if pad is None else pad * (length - len(code)))
+
+
+def optimize_nops(code: bytes, version: tuple[int, int] = (6, 1)) -> bytes:
+    """``code`` as ``optimize_nops()`` leaves an alternative the kernel does not apply: every run of two or more
+    one-byte NOPs (0x90) starting at an instruction boundary becomes the kernel's padding of that length."""
+    out, offset = bytearray(), 0
+    for start, size, _, _ in _decode(code):
+        if start < offset:
+            continue
+        end = start
+        while end < len(code) and code[end] == 0x90:
+            end += 1
+        if end - start >= 2:
+            out += add_nops(end - start, version)
+            offset = end
+        else:
+            out += code[start:start + size]
+            offset = start + size
+    return bytes(out)
 
 
 def _indirect(reg: int, jump: bool) -> bytes:
@@ -56,10 +107,14 @@ def _indirect(reg: int, jump: bool) -> bytes:
     return (b"\x41" if reg >= 8 else b"") + bytes((0xFF, modrm))
 
 
-def streams(site: Site, thunk_reg: Callable[[int], int | None] = lambda _: None) -> list[tuple[str, bytes]]:
-    """Every byte stream that can end up at ``site``, as (label, bytes of the site's length).
+def streams(site: Site, thunk_reg: Callable[[int], int | None] = lambda _: None,
+            version: tuple[int, int] = (6, 1)) -> list[tuple[str, bytes]]:
+    """Every byte stream that can end up at ``site`` once boot-time patching ran, as (label, bytes of its length).
 
-    - every table: the original (the ELF's bytes);
+    Padding is the kernel's (``add_nops``): one-byte NOPs become long NOPs, so a boundary inside a run of
+    one-byte NOPs, which exists only before patching, is not checked.
+
+    - every table: the original (the ELF's bytes; an alternative's after ``optimize_nops``);
     - paravirt: the direct call paravirt_patch() writes (``call rel32``; its target does not move %rsp) and
       NOP padding; the native inline code of 6.1's pv ops is an alternative on the same address, checked there;
     - alternatives: the replacement padded with NOPs (relocation fix-up changes displacements, not lengths);
@@ -67,16 +122,17 @@ def streams(site: Site, thunk_reg: Callable[[int], int | None] = lambda _: None)
     - returns: ``ret`` padded with int3; jump_labels: ``jmp rel32`` and a 5-byte NOP.
     """
     n = site.length
-    out = [("original", site.original)]
+    out = [("original", optimize_nops(site.original, version) if site.table == "alternatives" else site.original)]
     if site.table == "paravirt" and n >= 5:
-        out.append(("direct call", padded(b"\xe8\x00\x00\x00\x00", n)))
+        out.append(("direct call", padded(b"\xe8\x00\x00\x00\x00", n, version=version)))
     elif site.table == "alternatives" and site.replacement is not None and len(site.replacement) <= n:
-        out.append(("replacement", padded(site.replacement, n)))
+        out.append(("replacement", padded(site.replacement, n, version=version)))
     elif site.table == "retpolines" and site.target is not None and site.original[:1] in (b"\xe8", b"\xe9"):
         reg = thunk_reg(site.target)
         if reg is not None:
             branch = _indirect(reg, site.original[0] == 0xE9)
-            out += [("indirect", padded(branch, n)), ("lfence; indirect", padded(LFENCE + branch, n))]
+            out += [("indirect", padded(branch, n, version=version)),
+                    ("lfence; indirect", padded(LFENCE + branch, n, version=version))]
     elif site.table == "returns" and n >= 1:
         out.append(("ret", padded(b"\xc3", n, b"\xcc")))
     elif site.table == "jump_labels" and n == 5:
@@ -158,6 +214,7 @@ class Counts:
     agree: int = 0
     disagree: int = 0
     unknown: int = 0          # the simulator cannot tell %rsp there (leave, and $-16,%rsp, …)
+    unreachable: int = 0      # after a call that does not return (NORETURN, or ORC's undefined entry after it)
     undescribed: int = 0      # sites whose entry state ORC leaves undefined (entry code, end of stack)
 
     def add(self, other: Counts) -> None:
@@ -191,7 +248,8 @@ class OrcReport:
     def summary(self) -> str:
         t = self.total()
         return (f"ORC ({self.where}): {t.boundaries} boundaries in {t.streams} streams at {t.sites} sites; "
-                f"{t.agree} agree, {t.disagree} disagree, {t.unknown} not simulated, "
+                f"{t.agree} agree, {t.disagree} disagree, {t.unknown} not simulated, {t.unreachable} after calls "
+                f"that do not return, "
                 f"{t.undescribed} sites without an ORC state")
 
     def to_json(self) -> dict[str, object]:
@@ -206,7 +264,7 @@ class OrcReport:
         if not isinstance(rows, dict) or not isinstance(found, list):
             raise TypeError("an ORC report needs 'rows' (an object) and 'disagreements' (a list)")
         return OrcReport(str(data["where"]),
-                         {str(k): Counts(**{n: int(v[n]) for n in vars(Counts())}) for k, v in rows.items()},
+                         {str(k): Counts(**{n: int(v.get(n, 0)) for n in vars(Counts())}) for k, v in rows.items()},
                          [Disagreement.from_json(d) for d in found])
 
 
@@ -238,7 +296,12 @@ def check_site(table: OrcTable, site: Site, site_streams: Iterable[tuple[str, by
             counts.boundaries += 1
             if b.call is not None and not elsewhere:
                 callee = symbols.resolve((base + b.call) & MASK64)
-                elsewhere = callee is not None and callee[1] == 0 and callee[0] in RETURNS_ELSEWHERE
+                name = callee[0] if callee is not None and callee[1] == 0 else ""
+                if name in NORETURN and b.offset == site.length:
+                    counts.boundaries -= 1
+                    counts.unreachable += 1
+                    continue
+                elsewhere = name in RETURNS_ELSEWHERE
             want = None if elsewhere else expected(entry, b)
             if want is None:
                 counts.unknown += 1
@@ -247,6 +310,10 @@ def check_site(table: OrcTable, site: Site, site_streams: Iterable[tuple[str, by
             if got is None:
                 continue
             ip, live = got
+            if live.undefined and b.after.startswith("call") and b.offset == site.length:
+                counts.boundaries -= 1
+                counts.unreachable += 1     # objtool knew the callee does not return
+                continue
             bp_ok = b.bp_changed or (live.bp_reg, live.bp_offset) == (entry.bp_reg, entry.bp_offset)
             if (live.sp_reg, live.sp_offset, live.type) == want and bp_ok:
                 counts.agree += 1
@@ -268,8 +335,9 @@ def _starts(symbols: Symbols) -> Callable[[int], bool]:
     return starts
 
 
-def check_static(table: OrcTable, sites: Mapping[str, Sequence[Site]], symbols: Symbols) -> OrcReport:
-    """Every site of every table with every stream that can land there (``streams``)."""
+def check_static(table: OrcTable, sites: Mapping[str, Sequence[Site]], symbols: Symbols,
+                 version: tuple[int, int] = (6, 1)) -> OrcReport:
+    """Every site of every table with every stream that can land there (``streams``) in a kernel of ``version``."""
     report = OrcReport("static")
     reg, starts = thunk_register(symbols), _starts(symbols)
     for name, found in sites.items():
@@ -277,24 +345,26 @@ def check_static(table: OrcTable, sites: Mapping[str, Sequence[Site]], symbols: 
             continue
         for site in found:
             counts = report.rows.setdefault(row_key(site), Counts())
-            check_site(table, site, streams(site, reg), symbols, counts, report.disagreements, starts)
+            check_site(table, site, streams(site, reg, version), symbols, counts, report.disagreements, starts)
     return report
 
 
 def check_live(table: OrcTable, states: Mapping[str, Sequence[SiteState]], symbols: Symbols,
-               where: str) -> OrcReport:
-    """Every site's live bytes in a capture (what patching really wrote); freed and unread sites are left out."""
+               where: str, modules: Mapping[str, OrcTable] = {}) -> OrcReport:
+    """Every site's live bytes in a capture (what patching really wrote); freed and unread sites are left out.
+    A loaded module's sites are checked against its own ORC table (``modules``, by name; none: not checked)."""
     report = OrcReport(where)
     starts = _starts(symbols)
     seen: set[tuple[int, bytes]] = set()     # ALTERNATIVE_2 puts two entries on one site: its bytes checked once
     for states_of in states.values():
         for st in states_of:
+            own = table if st.site.module is None else modules.get(st.site.module)
             if st.site.table in UNCHECKED_TABLES or st.live is None or st.state in ("freed", "unread") \
-                    or st.site.module is not None:     # a module's sites are described by its own .orc_unwind
+                    or own is None:
                 continue
             if (st.site.address, st.live) in seen:
                 continue
             seen.add((st.site.address, st.live))
             counts = report.rows.setdefault(row_key(st.site), Counts())
-            check_site(table, st.site, [("live", st.live)], symbols, counts, report.disagreements, starts)
+            check_site(own, st.site, [("live", st.live)], symbols, counts, report.disagreements, starts)
     return report

@@ -136,6 +136,7 @@ class UnwindSpec:
     table: str = "paravirt"
     op: str | None = None          # paravirt: a pv op ("irq.save_fl"); None: any
     sites: int = 3
+    symbol: re.Pattern[str] | None = None    # only sites whose place ("_raw_spin_lock_irqsave+0x6") matches
 
 
 @dataclass(frozen=True)

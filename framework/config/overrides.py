@@ -185,7 +185,9 @@ def to_yaml_dict(config: Config) -> dict[str, object]:
                            {"trace": "modules"} if config.inspect.trace_modules else {}),
                         **({"orc": True} if config.inspect.orc else {}),
                         **({"unwind": {"table": config.inspect.unwind.table, "sites": config.inspect.unwind.sites,
-                                       **({"op": config.inspect.unwind.op} if config.inspect.unwind.op else {})}}
+                                       **({"op": config.inspect.unwind.op} if config.inspect.unwind.op else {}),
+                                       **({"symbol": config.inspect.unwind.symbol.pattern}
+                                          if config.inspect.unwind.symbol else {})}}
                            if config.inspect.unwind else {})}}
            if config.inspect else {}),
         **({"scenario": _scenario_dict(config.scenario)} if config.scenario is not None else {}),

@@ -443,6 +443,7 @@ SCHEMA = yn.Section({
             "table": _unwind_table,
             "op": yn.text("a pv op such as 'irq.save_fl'", pattern=r"[A-Za-z_][A-Za-z0-9_.\[\]]*"),
             "sites": yn.count,
+            "symbol": yn.regex,
         }),
     }),
     "scenario": scenario_parse.SCENARIO,
@@ -467,7 +468,8 @@ def _unwind_spec(ctx: yn.Ctx, values: Mapping[str, object]) -> UnwindSpec | None
     if op is not None and table != "paravirt":
         raise ctx.fail(ctx.lines.get("inspect.unwind.op"), f"inspect.unwind.op names a pv op, but the table is "
                                                            f"{table}; remove op or use table: paravirt")
-    return UnwindSpec(table=table, op=op, sites=cast(int, spec.get("sites", UnwindSpec.sites)))
+    return UnwindSpec(table=table, op=op, sites=cast(int, spec.get("sites", UnwindSpec.sites)),
+                      symbol=cast(re.Pattern[str] | None, spec.get("symbol")))
 
 
 def build_config(ctx: yn.Ctx, values: Mapping[str, object], name: str, path: Path | None) -> Config:

@@ -39,6 +39,7 @@ from ..debugger.contract import DebuggerError
 from ..domain import CAPTURE_POINTS, DebuggerKind, Note
 from ..elf import kmodlist
 from ..elf import ko as ko_mod
+from ..elf.orc import OrcTable
 from ..elf.vmlinux import Site, Symbols, Vmlinux
 from ..errors import ConfigError, ImageError
 from ..kernel.image import Kernel
@@ -150,10 +151,12 @@ class Inspection:
             assert self.orc_table is not None
             init = (begin, end) if begin is not None and end is not None else (0, 0)
             self.probe = UnwindProbe(inspect.unwind, self.orc_table, self.symbols, unwind_candidates(
-                self.sites, inspect.unwind, lambda a: init[0] <= a < init[1]))
+                self.sites, inspect.unwind, lambda a: init[0] <= a < init[1], self.symbols))
             if not self.probe.sites:
                 raise ConfigError(where[0], where[1], f"inspect.unwind: {kernel.ref} has no {inspect.unwind.table} "
-                                  f"site{f' of {inspect.unwind.op}' if inspect.unwind.op else ''} outside init text "
+                                  f"site{f' of {inspect.unwind.op}' if inspect.unwind.op else ''}"
+                                  f"{f' matching {inspect.unwind.symbol.pattern!r}' if inspect.unwind.symbol else ''}"
+                                  " outside init text "
                                   "to stop in" + ("; pv ops are named like irq.save_fl" if inspect.unwind.op else ""))
             if "after-patching" not in captures:     # the probe is armed from the live text at the end of patching
                 captures = ("after-patching", *captures) if "before-patching" not in captures else \
@@ -167,6 +170,8 @@ class Inspection:
         self.plan = Plan(captures, text_regions(self.vmlinux, addresses), False, timeout,
                          (begin, end) if begin is not None and end is not None else None)
         self.module_symbols: dict[str, Symbols] = {}    # each loaded module's own, once linked
+        self.module_orc: dict[str, OrcTable] = {}        # inspect.orc: each loaded module's ORC table
+        self.everything = self.symbols                   # vmlinux's symbols and every loaded module's
         self.analysis: Analysis | None = None     # once the session is over
         self.error: str | None = None
         self.outcome = Outcome()
@@ -227,6 +232,7 @@ class Inspection:
         everything = self.symbols
         for own in self.module_symbols.values():
             everything = own.merged(everything)
+        self.everything = everything
         for name, _ko in self.kos:
             got, mod = linked.get(name), captured.get(name)
             if got is None or mod is None:
@@ -235,6 +241,11 @@ class Inspection:
             path = folder / f"{name}.linked.ko"
             image = Vmlinux.module(path, name, self.vmlinux, everything)
             sites = image.all_sites()
+            if self.inspect.orc:
+                try:
+                    self.module_orc[name] = image.orc       # its own .orc_unwind, linked where it was loaded
+                except ImageError as err:
+                    self.note(f"orc: {name}'s sites are not checked: {err}")
             known = [(w.address, w.address + w.size) for w in got.skipped + got.pending]
             one = comparisons_for(image, image.symbols, sites, {"booted": mod.capture}, self.inspect.tables, known)
             comparison = one["booted"]
@@ -303,7 +314,8 @@ class Inspection:
         orc = {}
         if self.inspect.orc and self.orc_table is not None:
             for name, comparison in comparisons.items():
-                orc[name] = orccheck.check_live(self.orc_table, comparison.sites, self.symbols, name)
+                orc[name] = orccheck.check_live(self.orc_table, comparison.sites, self.everything, name,
+                                                self.module_orc)
                 self.note(orc[name].summary())
         unwinds: tuple[UnwindCheck, ...] = ()
         if self.probe is not None:

@@ -48,7 +48,7 @@ def cmd_orc(args: argparse.Namespace) -> int:
     if not args.live:
         started = time.monotonic()
         vmlinux, symbols, sites = load_tables(kernel, (lambda _: None) if args.json else note_stderr)
-        report = orccheck.check_static(vmlinux.orc, sites, symbols)
+        report = orccheck.check_static(vmlinux.orc, sites, symbols, vmlinux.version)
         took = time.monotonic() - started
         title = f"{args.kernel}: {len(vmlinux.orc)} ORC entries, every stream of every site ({took:.1f} s)"
         return _show(report, title, args.json, [])
@@ -72,11 +72,11 @@ def _show(report: orccheck.OrcReport, title: str, as_json: bool, reasons: list[s
     else:
         print(title)
         tables = report.tables()
-        print(f"  {'table':<14}{'sites':>8}{'streams':>9}{'boundaries':>12}{'agree':>8}{'disagree':>10}"
-              f"{'unknown':>9}{'no ORC state':>14}")
+        print(f"  {'table':<15}{'sites':>8}{'streams':>9}{'boundaries':>12}{'agree':>8}{'disagree':>10}"
+              f"{'unknown':>9}{'noreturn':>10}{'no ORC state':>14}")
         for name, c in tables.items():
-            print(f"  {name:<14}{c.sites:>8}{c.streams:>9}{c.boundaries:>12}{c.agree:>8}{c.disagree:>10}"
-                  f"{c.unknown:>9}{c.undescribed:>14}")
+            print(f"  {name:<15}{c.sites:>8}{c.streams:>9}{c.boundaries:>12}{c.agree:>8}{c.disagree:>10}"
+                  f"{c.unknown:>9}{c.unreachable:>10}{c.undescribed:>14}")
         print(f"  {report.summary()}")
         for d in report.disagreements[:SHOWN]:
             print(f"    {d.describe()}")

@@ -30,10 +30,12 @@ MAX_STOPS = 20_000       # stops at the probe's breakpoints before it gives up (
 MAX_UNCOMPARED = 50      # stops without a truth kept in the log, besides every compared one
 
 
-def unwind_candidates(sites: Mapping[str, Sequence[Site]], spec: UnwindSpec, is_init: Callable[[int], bool]) -> list[Site]:
-    """The sites the probe may stop in: the spec's table (and op), in vmlinux's text that stays."""
+def unwind_candidates(sites: Mapping[str, Sequence[Site]], spec: UnwindSpec, is_init: Callable[[int], bool],
+                      symbols: Symbols) -> list[Site]:
+    """The sites the probe may stop in: the spec's table (and op, and symbol), in vmlinux's text that stays."""
     return [s for s in sites.get(spec.table, []) if s.module is None and (spec.op is None or s.op == spec.op)
-            and not is_init(s.address) and s.length > 0]
+            and not is_init(s.address) and s.length > 0
+            and (spec.symbol is None or spec.symbol.search(symbols.format(s.address)))]
 
 
 def stop_offsets(live: bytes) -> list[int]:

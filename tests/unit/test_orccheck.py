@@ -94,15 +94,32 @@ def test_the_end_boundary_is_skipped_where_another_function_starts() -> None:
     assert counts.boundaries == 0
 
 
-def test_streams_of_each_table() -> None:
-    assert orccheck.streams(site()) == [("original", PV_CALL), ("direct call", bytes.fromhex("e800000000") + b"\x90\x90")]
+def test_streams_of_each_table_are_padded_as_the_kernel_pads() -> None:
+    # paravirt_patch()'s direct call, then add_nops(): one 2-byte NOP (66 90), not two 1-byte ones
+    assert orccheck.streams(site()) == [("original", PV_CALL), ("direct call", bytes.fromhex("e800000000" "6690"))]
     alt = site(table="alternatives", op=None, replacement=bytes.fromhex("9c58"), replacement_address=F + 0x200)
-    assert orccheck.streams(alt)[1] == ("replacement", bytes.fromhex("9c58") + b"\x90" * 5)
+    assert orccheck.streams(alt)[1] == ("replacement", bytes.fromhex("9c58" "0f1f440000"))
+    # an alternative the kernel leaves: optimize_nops() turns the assembler's one-byte NOPs into long ones
+    smap = site(table="alternatives", op=None, original=b"\x90" * 5, length=5, replacement=bytes.fromhex("9c58"))
+    assert orccheck.streams(smap)[0] == ("original", bytes.fromhex("0f1f440000"))
+    assert orccheck.optimize_nops(bytes.fromhex("9c" "909090" "58" "90")) == bytes.fromhex("9c" "0f1f00" "58" "90")
+    # 11 bytes: 8 + 3 up to 6.2; from 6.3 a jmp over int3s
+    assert orccheck.add_nops(11) == bytes.fromhex("0f1f840000000000" "0f1f00")
+    assert orccheck.add_nops(11, (6, 12)) == bytes.fromhex("eb09") + b"\xcc" * 9
     thunk = Symbols.from_dict({"__x86_indirect_thunk_r11": F + 0x300})
     ret = site(table="retpolines", length=5, original=b"\xe8" + bytes(4), target=F + 0x300, op=None)
-    # call *%r11 (REX.B), padded; lfence; call *%r11 is 6 bytes: longer than the site, left out
-    assert orccheck.streams(ret, orccheck.thunk_register(thunk))[1:] == [("indirect", bytes.fromhex("41ffd3") + b"\x90\x90")]
+    # call *%r11 (REX.B) and a 2-byte NOP; lfence; call *%r11 is 6 bytes: longer than the site, left out
+    assert orccheck.streams(ret, orccheck.thunk_register(thunk))[1:] == [("indirect", bytes.fromhex("41ffd3" "6690"))]
     assert ("ret", b"\xc3\xcc\xcc\xcc\xcc") in orccheck.streams(site(table="returns", length=5, original=bytes(5)))
+
+
+def test_a_call_to_a_function_that_does_not_return_ends_the_stream() -> None:
+    symbols = Symbols.from_dict({"lock_is_held_type": F, "__fortify_panic": F + 0x100})
+    code = b"\xe8" + (0x100 - 0x10 - 5).to_bytes(4, "little", signed=True)
+    counts, out = orccheck.Counts(), []
+    orccheck.check_site(NO_UNION, site(table="call_sites", length=5, original=code, op=None), [("original", code)],
+                        symbols, counts, out, lambda a: False)
+    assert counts.unreachable == 1 and counts.boundaries == 0 and out == []
 
 
 def test_live_bytes_of_one_site_under_two_alternatives_are_checked_once() -> None:
@@ -126,3 +143,32 @@ def test_the_verdict_counts_only_disagreements_not_known_and_never_passes_on_not
     assert re.match(r"ORC at booted: 1 of 3 boundaries disagree \(at most 0 allowed\): paravirt#0 irq.save_fl", reason)
     [nothing] = judge_orc(strict, strict.expect, Analysis())
     assert "checked no ORC data" in nothing
+
+
+def test_a_modules_sites_are_checked_against_its_own_table_and_left_out_without_one() -> None:
+    mod = site(module="kvm")
+    live = SiteState(mod, "patched", PUSHF_POP)
+    without = orccheck.check_live(UNION, {"kvm:paravirt": (live,)}, SYMBOLS, "booted")
+    assert without.rows == {}
+    own = orccheck.check_live(UNION, {"kvm:paravirt": (live,)}, SYMBOLS, "booted", {"kvm": NO_UNION})
+    assert own.total().disagree == 1 and own.disagreements[0].module == "kvm"
+    assert list(own.rows) == ["kvm:paravirt irq.save_fl"]
+
+
+def test_saved_orc_and_unwind_files_are_read_back_and_a_broken_one_is_named(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    import pytest
+
+    from framework.errors import ArtefactError
+    from framework.report.artefacts import load_analysis, write_analysis
+    report = orccheck.check_live(NO_UNION, {"paravirt": (SiteState(site(), "patched", PUSHF_POP),)}, SYMBOLS, "booted")
+    write_analysis(tmp_path, Analysis(orc={"booted": report}))
+    loaded = load_analysis(tmp_path)
+    assert loaded is not None and loaded.orc["booted"].to_json() == report.to_json()
+    (tmp_path / "orc.json").write_text(json.dumps({"where": "booted"}))
+    with pytest.raises(ArtefactError, match=r"orc\.json: not a list of objects; re-run the config"):
+        load_analysis(tmp_path)
+    (tmp_path / "orc.json").write_text("[{\"where\": \"booted\"}]")
+    with pytest.raises(ArtefactError, match="the saved analysis cannot be read"):
+        load_analysis(tmp_path)
