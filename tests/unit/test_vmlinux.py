@@ -628,3 +628,42 @@ def test_debian_load_time(debian: tuple[Vmlinux, Symbols]) -> None:
         vm.all_sites()
     t2 = time.perf_counter()
     assert t1 - t0 < 2.0 and t2 - t1 < 5.0, (t1 - t0, t2 - t1)
+
+
+ORC_ASM = """
+  .section .rodata
+  .ascii "Linux version 6.1.0-56-amd64 (t@t) #1 SMP\\0"
+  .text
+  .globl orc_fn
+orc_fn:
+  pushf
+orc_mid:
+  pop %rax
+orc_end:
+  ret
+  .section .orc_unwind_ip,"a"
+  .long orc_fn - .
+  .long orc_mid - .
+  .long orc_end - .
+  .section .orc_unwind,"a"
+  .short 8, 0, 0x5      # sp:sp+8 type:call (6.1: sp_reg 5 in bits 0-3, bp_reg 0, type 0)
+  .short 16, 0, 0x5     # after pushf
+  .short 8, 0, 0x5
+"""
+
+
+def test_the_orc_table_of_a_linked_vmlinux_is_read_at_its_addresses(tmp_path: Path) -> None:
+    path = build_elf(tmp_path, ORC_ASM)
+    vm = Vmlinux(path)
+    table = vm.orc
+    fn = vm.symbols.address("orc_fn")
+    assert fn is not None and len(table) == 3
+    got = table.lookup(fn + 1)
+    assert got is not None and got[0] == fn + 1 and (got[1].sp_offset, got[1].sp_reg, got[1].type) == (16, 5, "call")
+    assert table.lookup(fn + 5)[1].sp_offset == 8      # type: ignore[index]  (ret, and beyond: the last entry)
+    assert any("orc: no BTF struct orc_entry" in n for n in vm.notes)
+
+
+def test_a_kernel_without_orc_data_is_refused_in_one_line(vm: Vmlinux) -> None:
+    with pytest.raises(ImageError, match=r"no \.orc_unwind_ip/\.orc_unwind sections: .*CONFIG_UNWINDER_ORC=y"):
+        _ = vm.orc
