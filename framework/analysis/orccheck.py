@@ -28,10 +28,9 @@ from dataclasses import dataclass, field
 from ..elf import orc as orc_mod
 from ..elf.orc import OrcEntry, OrcTable
 from ..elf.vmlinux import Site, Symbols
-from .sites import SiteState, _decode
+from .sites import SiteState, decode
 from .spdelta import Boundary, boundaries
 
-NOP1 = b"\x90"
 NOP5 = bytes.fromhex("0f1f440000")
 # asm/nops.h (x86-64): x86_nops[n], the NOP of n bytes the kernel pads with (add_nops, up to ASM_NOP_MAX = 8).
 X86_NOPS = {1: "90", 2: "6690", 3: "0f1f00", 4: "0f1f4000", 5: "0f1f440000", 6: "660f1f440000",
@@ -86,7 +85,7 @@ def optimize_nops(code: bytes, version: tuple[int, int] = (6, 1)) -> bytes:
     """``code`` as ``optimize_nops()`` leaves an alternative the kernel does not apply: every run of two or more
     one-byte NOPs (0x90) starting at an instruction boundary becomes the kernel's padding of that length."""
     out, offset = bytearray(), 0
-    for start, size, _, _ in _decode(code):
+    for start, size, _, _ in decode(code):
         if start < offset:
             continue
         end = start

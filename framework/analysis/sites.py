@@ -136,6 +136,10 @@ def _decode(code: bytes) -> _Decoded:
     return result
 
 
+# Public: the stack simulator (spdelta) and the ORC check decode through the same cache.
+decode = _decode
+
+
 def disassemble(code: bytes, address: int, symbols: Symbols | None = None) -> list[Insn]:
     """Instructions in ``code`` at ``address``; undecodable bytes become ``(bad)``, one byte each."""
     out: list[Insn] = []

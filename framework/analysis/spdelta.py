@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .sites import _decode
+from .sites import decode
 
 # Control does not fall through to the next instruction.
 _ENDS = re.compile(r"^(ret[qlw]?|lret[qlw]?|jmp[qlw]?|ljmp[qlw]?|ud2|ud1[qlw]?|ud0|int3|iret[qlw]?|sysret[ql]?|"
@@ -121,7 +121,7 @@ def boundaries(code: bytes) -> tuple[Boundary, ...]:
     delta: int | None = 0
     bp_changed = False
     resume = 0          # the next offset reached: past a call into the stream, its target
-    for offset, size, template, relative in _decode(code):
+    for offset, size, template, relative in decode(code):
         if offset < resume:
             continue        # skipped by a call into the stream (an int3 that is never executed)
         text = template if relative is None else template.format(hex(relative))
@@ -134,7 +134,7 @@ def boundaries(code: bytes) -> tuple[Boundary, ...]:
         if not falls:
             break
         end = max(offset + size, resume)
-        if any(o < end < o + s for o, s, _, _ in _decode(code)):
+        if any(o < end < o + s for o, s, _, _ in decode(code)):
             break           # the target is not an instruction boundary of this decoding: not followed
         out.append(Boundary(end, delta, text, bp_changed, called))
         if delta is None:
