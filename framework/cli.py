@@ -30,7 +30,7 @@ from .kernel.image import Kernel, cached_kernels, prepare_kernel
 from .kernel.refs import BuildRef, DebianRef, list_recipes, parse_ref
 from .kernel.xen import XEN_PACKAGE_PREFIX
 from .observe.inspection import load_tables
-from .pipeline import RunRequest, applicability, artifacts_dir, check, check_mode, execute
+from .pipeline import RunRequest, applicability, artifacts_dir, check, check_mode, execute, resolve_references
 from .report.artefacts import sites_file
 from .report.junit import junit
 from .report.result import RunResult
@@ -250,6 +250,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     for cfg in configs:
         for mode in cfg.modes:
             check_mode(mode)
+    for cfg in configs:      # every kernel and hypervisor resolved (fetched if needed) before anything boots
+        resolve_references(cfg, note)
     results: list[RunResult] = []
     for cfg in configs:
         why = applicability(cfg, note)

@@ -34,12 +34,12 @@ from .analysis.stages import match_stage
 from .config import Config, Inspect, to_yaml_dict
 from .domain import MODES, Accel, DebuggerKind, Mode, Note
 from .elf.vmlinux import Symbols, Vmlinux, upstream_version
-from .errors import LaunchError, PatchscopeError, UnsupportedError
+from .errors import ConfigError, InputError, KernelRefError, LaunchError, PatchscopeError, UnsupportedError
 from .guest import initramfs
 from .kernel import xen
 from .kernel.image import Kernel, prepare_kernel
 from .kernel.modules import ModuleFile, resolve_modules
-from .kernel.refs import parse_ref
+from .kernel.refs import DebianRef, KernelRef, list_recipes, parse_ref
 from .observe.console import ConsoleThread
 from .observe.debug import DebugSession
 from .observe.inspection import Inspection
@@ -98,6 +98,53 @@ def prepare(config: Config, note: Note) -> Kernel:
 def prepare_xen(config: Config, note: Note) -> xen.Hypervisor:
     base = config.path.parent if config.path else None
     return xen.prepare_hypervisor(parse_ref(config.hypervisor, base=base), note)
+
+
+def resolve_references(config: Config, note: Note) -> None:
+    """The config's kernel (and, when a mode is xen-pv, its hypervisor) parsed, told apart and prepared
+    (fetched if needed): a ConfigError at the key's line before anything boots, never after another config or
+    the other mode already ran."""
+    base = config.path.parent if config.path else None
+
+    def ref_of(key: str, text: str) -> KernelRef:
+        try:
+            ref = parse_ref(text, base=base)
+        except KernelRefError as err:
+            reason = str(err)
+            if key == "hypervisor":
+                hypervisors = [n for n, p in list_recipes().items() if _is_xen_recipe(p)]
+                reason = (f"unknown hypervisor reference {text!r}: use a recipe name ({', '.join(hypervisors)}), "
+                          f"debian:{xen.XEN_PACKAGE_PREFIX}<version>-amd64[=<version>] or path:<xen.gz>") \
+                    if reason.startswith("unknown kernel reference") else reason
+            raise ConfigError(config.path, config.lines.get(key), f"{key}: {reason}") from None
+        package = ref.package if isinstance(ref, DebianRef) else ""
+        if key == "kernel" and package.startswith(xen.XEN_PACKAGE_PREFIX):
+            raise ConfigError(config.path, config.lines.get(key), f"kernel: {text!r} is a Xen hypervisor, not a "
+                                                                  "kernel; give it as hypervisor: and run mode xen-pv")
+        if key == "hypervisor" and package.startswith("linux-image"):
+            raise ConfigError(config.path, config.lines.get(key), f"hypervisor: {text!r} is a Linux kernel, not a "
+                                                                  "Xen hypervisor; give it as kernel:")
+        return ref
+
+    kernel = ref_of("kernel", config.kernel)
+    hypervisor = ref_of("hypervisor", config.hypervisor) if "xen-pv" in config.modes else None
+    try:
+        prepare_kernel(kernel, note)
+    except InputError as err:       # a corrupt image, a package the archive does not have: at the config's line
+        raise ConfigError(config.path, config.lines.get("kernel"), f"kernel: {err}") from None
+    if hypervisor is not None:
+        try:
+            xen.prepare_hypervisor(hypervisor, note)
+        except InputError as err:
+            raise ConfigError(config.path, config.lines.get("hypervisor"), f"hypervisor: {err}") from None
+
+
+def _is_xen_recipe(path: Path) -> bool:
+    try:
+        ref = parse_ref(path.stem)
+    except KernelRefError:
+        return False
+    return isinstance(ref, DebianRef) and ref.package.startswith(xen.XEN_PACKAGE_PREFIX)
 
 
 @functools.lru_cache(maxsize=4)

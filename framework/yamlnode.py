@@ -513,9 +513,35 @@ def parse_yaml(ctx: Ctx, source: str, *, kind: str, limit: int, if_empty: str = 
         raise _yaml_error(ctx, source, err) from None
     except RecursionError:
         raise ctx.fail(1, f"not valid YAML for {_a(kind)}: nested too deeply") from None
-    if root is None:
-        raise ctx.fail(1, f"{kind} is empty" + (f"; {if_empty}" if if_empty else ""))
+    if root is None or is_null(root):
+        what = "empty" if root is None else f"only {quote(str(root.value) or '---')}, a YAML null"
+        raise ctx.fail(1, f"{kind} is {what}" + (f"; {if_empty}" if if_empty else ""))
+    _refuse_lone_surrogates(ctx, root, kind)
     return root
+
+
+def _refuse_lone_surrogates(ctx: Ctx, root: yaml.Node, kind: str) -> None:
+    """YAML's "\\ud800" escapes make str values no encoder takes (QEMU's argv, the console, a file): the first one
+    is refused at its line, before anything uses it."""
+    stack = [root]
+    seen: set[int] = set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:     # aliases share nodes
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.ScalarNode):
+            bad = next((ch for ch in str(node.value) if "\ud800" <= ch <= "\udfff"), None)
+            if bad is not None:
+                raise ctx.fail(node, f"{kind} holds a lone surrogate \\u{ord(bad):04x} in "
+                                     f"{quote(str(node.value).encode('utf-8', 'backslashreplace').decode())}: "
+                                     "an escape of half a character, which no program can be given; write the "
+                                     "character itself (or its \\U0001xxxx escape)")
+        elif isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                stack += [key, value]
+        elif isinstance(node, yaml.SequenceNode):
+            stack += list(node.value)
 
 
 def read_text(path: Path, limit: int) -> str:

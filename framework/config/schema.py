@@ -12,7 +12,7 @@ import errno
 import os
 import re
 import stat
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import cast
 
@@ -257,6 +257,57 @@ def _qemu_arg(ctx: yn.Ctx, node: yaml.Node, key: str, text: str) -> None:
             raise ctx.fail(node, f"{key}: {_RESERVED_QEMU_OPTIONS[option]}")
 
 
+# Options whose value can make QEMU listen on TCP; a run must never open a TCP listener (the only sockets are
+# patchscope's own, unix ones). Each: why, and what to write instead.
+_CHAR_BACKENDS = ("parallel", "debugcon")     # -serial, -monitor and -chardev are patchscope's alone
+_NETWORK_BACKENDS = ("tcp:", "telnet:", "websocket:", "udp:")
+
+
+def tcp_listener(args: Sequence[str]) -> tuple[int, str] | None:
+    """(index, reason) of the first QEMU argument in ``args`` that would open a network listener, or None.
+
+    -vnc, -spice and -display vnc= serve on TCP (unless given a unix socket or none); -incoming tcp: waits for a
+    migration; -netdev/-nic hostfwd= and socket listen= forward host ports; -parallel and -debugcon on tcp:,
+    telnet: or websocket: listen or dial out."""
+    for i, arg in enumerate(args):
+        option = arg.lstrip("-").split("=", 1)[0] if arg.startswith("-") else ""
+        if not option:
+            continue
+        value = args[i + 1] if i + 1 < len(args) else ""
+        if "=" in arg:
+            value = arg.split("=", 1)[1]
+        lowered = value.lower()
+        if option == "vnc" and not (lowered == "none" or lowered.startswith("unix:")):
+            return i, f"-vnc {value} serves VNC on TCP; no run may open a TCP listener (use -vnc unix:PATH or none)"
+        if option == "spice" and not any(part in ("unix", "unix=on") for part in lowered.split(",")):
+            return i, "-spice serves on TCP; no run may open a TCP listener (use -spice unix=on,addr=PATH)"
+        if option == "display" and lowered.startswith("vnc"):
+            return i, "-display vnc serves VNC on TCP; no run may open a TCP listener"
+        if option == "incoming" and lowered.startswith(("tcp:", "rdma:", "socket:")):
+            return i, f"-incoming {value} listens on the network; no run may open a TCP listener (use unix:PATH)"
+        if option in ("netdev", "nic", "net") and any(
+                part.startswith(("hostfwd=", "guestfwd=", "listen=", "server=on", "server=yes"))
+                or part in ("server", "type=socket", "socket")
+                for part in lowered.split(",")) and "path=" not in lowered and "unix" not in lowered:
+            return i, f"-{option} {value} forwards or listens on host ports; no run may open a TCP listener"
+        if option in _CHAR_BACKENDS and lowered.startswith(_NETWORK_BACKENDS):
+            return i, f"-{option} {value} uses the network; no run may open a TCP listener (use a unix socket)"
+    return None
+
+
+def _qemu_extra(ctx: yn.Ctx, node: yaml.Node, key: str) -> tuple[str, ...]:
+    """qemu.extra: QEMU arguments, none that patchscope owns and none that would listen on the network."""
+    found = yn.items(ctx, node, key, "a list of QEMU arguments", True)
+    for item_key, item, value in found:
+        _qemu_arg(ctx, item, item_key, value)
+    values = tuple(value for _, _, value in found)
+    listener = tcp_listener(values)
+    if listener is not None:
+        index, reason = listener
+        raise ctx.fail(found[index][1], f"{found[index][0]}: {reason}")
+    return values
+
+
 # --------------------------------------------------------------------------- modules
 
 _MODULE_NAME = re.compile(r"[A-Za-z0-9_-]+")
@@ -426,7 +477,7 @@ SCHEMA = yn.Section({
         "cpu": yn.text("a QEMU CPU model such as 'max' (no spaces)", pattern=r"\S+", optional=True),
         "memory": yn.mib(optional=True),
         "smp": yn.count,
-        "extra": yn.words("a list of QEMU arguments", split=True, check=_qemu_arg),
+        "extra": _qemu_extra,
     }),
     "initramfs": _initramfs,
     "init_commands": yn.words("a list of shell commands, e.g. ['cat /proc/interrupts']",

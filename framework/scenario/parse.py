@@ -403,8 +403,8 @@ def nmi(ctx: yn.Ctx, node: yaml.Node, key: str) -> str | tuple[str, ...]:
 def build_scenario(ctx: yn.Ctx, values: Mapping[str, object]) -> Scenario | None:
     """The Scenario of a config's read values (``values["scenario"]``, read against :data:`SCENARIO`)."""
     section = cast(Mapping[str, object] | None, values.get("scenario"))
-    if not section:
-        return None   # absent, or empty like every other section
+    if section is None:
+        return None   # absent, or a null "scenario:"
     rules = cast(tuple[Rule, ...] | None, section.get("rules"))
     if not rules:
         raise ctx.fail(ctx.lines.get("scenario"), "scenario needs rules:, e.g. "

@@ -43,26 +43,26 @@ def test_missing_config_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("kernel, fragment", [
-    ("debain-6.1", "unknown kernel reference 'debain-6.1'"),
-    ("path:/nonexistent/bzImage", "no such kernel image"),
+    ("debain-6.1", "kernel: unknown kernel reference 'debain-6.1'"),
+    ("path:/nonexistent/bzImage", "kernel: /nonexistent/bzImage: no such kernel image"),
 ])
-def test_bad_kernel_is_an_error_with_artefacts_kept(tmp_path: Path, kernel: str, fragment: str) -> None:
+def test_a_bad_kernel_is_refused_at_its_line_before_anything_runs(tmp_path: Path, kernel: str, fragment: str) -> None:
     cfg = write_config(tmp_path, "badkernel", f"kernel: {kernel!r}\n")
     out = tmp_path / "out"
     res = patchscope("run", str(cfg), "--artifacts", str(out), "-q")
     assert res.returncode == 2
-    assert fragment in res.stdout
-    data = result_json(out, "badkernel")
-    assert data["verdict"] == "error" and fragment in data["error"]
+    assert _one_line_error(res.stderr).startswith(f"patchscope: error: {cfg}:3: {fragment}")
+    assert not out.exists()
 
 
-def test_corrupt_kernel_image(tmp_path: Path) -> None:
+def test_a_corrupt_kernel_image_is_refused_at_its_line(tmp_path: Path) -> None:
     image = tmp_path / "bzImage"
     image.write_bytes(b"\x7fELF this is not a bzImage" * 100)
     cfg = write_config(tmp_path, "corrupt", f"kernel: 'path:{image}'\n")
     res = patchscope("run", str(cfg), "--artifacts", str(tmp_path / "out"), "-q")
     assert res.returncode == 2
-    assert "not an x86 bzImage" in result_json(tmp_path / "out", "corrupt")["error"]
+    line = _one_line_error(res.stderr)
+    assert line.startswith(f"patchscope: error: {cfg}:3: kernel: ") and "not an x86 bzImage" in line
 
 
 @pytest.mark.parametrize("image, fragment", [
@@ -70,21 +70,39 @@ def test_corrupt_kernel_image(tmp_path: Path) -> None:
     (b"\x7fELF\x02\x01\x01" + b"\0" * 100, "a 64-bit ELF"),
     (b"MZ not xen at all", "not a Xen image"),
 ])
-def test_bad_hypervisor_image_is_an_error_with_artefacts_kept(tmp_path: Path, image: bytes, fragment: str) -> None:
+def test_a_bad_hypervisor_image_is_refused_at_its_line(tmp_path: Path, image: bytes, fragment: str) -> None:
     xen = tmp_path / "xen.gz"
     xen.write_bytes(image)
     cfg = write_config(tmp_path, "badxen", f"mode: xen-pv\nhypervisor: 'path:{xen}'\n")
     res = patchscope("run", str(cfg), "--artifacts", str(tmp_path / "out"), "-q")
     assert res.returncode == 2, res.stdout + res.stderr
-    data = result_json(tmp_path / "out", "badxen", "xen-pv")
-    assert data["verdict"] == "error" and fragment in data["error"]
+    line = _one_line_error(res.stderr)
+    assert line.startswith(f"patchscope: error: {cfg}:3: hypervisor: ") and fragment in line
 
 
 def test_unknown_hypervisor_recipe(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, "noxen", "mode: xen-pv\nhypervisor: xen-9.99\n")
     res = patchscope("run", str(cfg), "--artifacts", str(tmp_path / "out"), "-q")
     assert res.returncode == 2
-    assert "unknown kernel reference 'xen-9.99'" in res.stdout
+    line = _one_line_error(res.stderr)
+    assert line == (f"patchscope: error: {cfg}:3: hypervisor: unknown hypervisor reference 'xen-9.99': use a recipe "
+                    "name (xen-4.17), debian:xen-hypervisor-<version>-amd64[=<version>] or path:<xen.gz>")
+
+
+@pytest.mark.parametrize("body, line, fragment", [
+    ("kernel: banana\n", 3, "kernel: unknown kernel reference 'banana'"),
+    ("kernel: xen-4.17\n", 3, "kernel: 'xen-4.17' is a Xen hypervisor, not a kernel"),
+    ("mode: xen-pv\nhypervisor: debian-6.1\n", 3, "hypervisor: 'debian-6.1' is a Linux kernel, not a Xen hypervisor"),
+])
+def test_references_are_resolved_before_anything_boots(tmp_path: Path, body: str, line: int, fragment: str) -> None:
+    """Issue 15: a bad reference in the second config failed after the first one had booted, without a line."""
+    good = write_config(tmp_path, "first", "kernel: 'path:/nonexistent/but-never-reached'\n")
+    good.write_text("name: first\nmode: native\n")
+    bad = write_config(tmp_path, "second", body)
+    res = patchscope("run", str(good), str(bad), "--artifacts", str(tmp_path / "out"), "-q")
+    assert res.returncode == 2
+    assert _one_line_error(res.stderr).startswith(f"patchscope: error: {bad}:{line}: {fragment}")
+    assert not (tmp_path / "out").exists(), "something ran before the references were checked"
 
 
 def test_check_of_a_missing_path(tmp_path: Path) -> None:

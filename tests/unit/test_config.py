@@ -171,6 +171,23 @@ ERRORS = [
     ("name: a\nkernel: \x00\n", 2, "character U+0000 is not allowed (line 2, column 9)"),
     ("name: *nope\n", 1, "found undefined alias 'nope'"),
     ("[" * 5000, 1, "nested too deeply"),
+    # issue 15: nothing that runs on defaults by accident, nothing no program can be given
+    ("---\n", 1, "config is only '---', a YAML null; write '{{}}' to take every default"),
+    ("~\n", 1, "config is only '~', a YAML null"),
+    ("null\n# nothing else\n", 1, "config is only 'null', a YAML null"),
+    ('name: s\ncmdline: ["\\ud800"]\n', 2, "config holds a lone surrogate \\ud800"),
+    ('init_commands: ["echo \\udc00"]\n', 1, "lone surrogate \\udc00"),
+    ('qemu:\n  extra: ["-device", "\\ud83d"]\n', 2, "lone surrogate \\ud83d"),
+    ('"\\ud800": 1\n', 1, "lone surrogate"),
+    # no run may open a TCP listener (QEMU listened on 127.0.0.1:5907 for qemu.extra: [-vnc, ":7"])
+    ('qemu:\n  extra: [-vnc, ":7"]\n', 2, "qemu.extra[0]: -vnc :7 serves VNC on TCP"),
+    ("qemu:\n  extra: -device virtio-rng-pci -spice port=5930\n", 2, "qemu.extra: -spice serves on TCP"),
+    ("qemu:\n  extra: [-incoming, 'tcp:0:4444']\n", 2, "-incoming tcp:0:4444 listens on the network"),
+    ("qemu:\n  extra:\n    - -netdev\n    - user,id=n,hostfwd=tcp::2222-:22\n", 3,
+     "qemu.extra[0]: -netdev user,id=n,hostfwd=tcp::2222-:22 forwards or listens on host ports"),
+    ("qemu:\n  extra: [-parallel, 'tcp::4444,server=on']\n", 2, "-parallel tcp::4444,server=on uses the network"),
+    ("qemu:\n  extra: [-debugcon, 'telnet::4444,server=on']\n", 2, "uses the network"),
+    ("qemu:\n  extra: [-display, 'vnc=:1']\n", 2, "-display vnc serves VNC on TCP"),
     # seed 004: inspect.orc, inspect.unwind and their expectations
     ("inspect:\n  unwind: {table: returns}\n", 2, "inspect.unwind.table must be one of paravirt, alternatives"),
     ("inspect:\n  unwind: {table: alternatives, op: irq.save_fl}\n", 2, "inspect.unwind.op names a pv op, but the table is alternatives"),

@@ -453,8 +453,11 @@ def test_stop_expectations(cfg_path: Path) -> None:
     assert cfg.expect.nmi is None
 
 
-def test_empty_scenario_means_none(cfg_path: Path) -> None:
-    assert parse_config("scenario:\n", cfg_path).scenario is None
+def test_a_scenario_key_without_rules_is_refused_and_no_key_means_none(cfg_path: Path) -> None:
+    # the docs: a scenario without rules is refused; "scenario: {}" ran as if absent (issue 15)
+    for text in ("scenario:\n", "scenario: {}\n", "scenario: {max_stops: 5}\n"):
+        with pytest.raises(ConfigError, match=r"nmi\.yaml:1: scenario needs rules:"):
+            parse_config(text, cfg_path)
     assert parse_config("{}", cfg_path).scenario is None
 
 
