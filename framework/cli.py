@@ -58,6 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--junit", type=Path, metavar="FILE", help="also write JUnit XML here")
     run.add_argument("--json", action="store_true", help="print each result.json on stdout")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    run.add_argument("--dry-run", action="store_true",
+                     help="check everything short of booting (as patchscope validate), then stop")
+
+    validate = sub.add_parser("validate", help="check configs without booting: the schema, every kernel and "
+                                               "hypervisor reference (fetched if needed), every symbol, pv op "
+                                               "and table against the kernel")
+    validate.add_argument("configs", nargs="+", type=Path, metavar="CONFIG.yaml")
+    validate.add_argument("--mode", action="append", choices=MODES, help="only this mode (repeatable)")
+    validate.add_argument("--kernel", default=None, help="check against this kernel instead of the config's")
 
     check = sub.add_parser("check", help="re-judge a saved console log or artefacts directory; boots nothing")
     check.add_argument("path", type=Path, metavar="LOG|DIR")
@@ -220,6 +229,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return cmd_sites(args)
     if args.command == "trace":
         return cmd_trace(args)
+    if args.command == "validate":
+        return cmd_validate(args)
     if args.command == "orc":
         from .observe.orc_commands import cmd_orc
         return cmd_orc(args)
@@ -233,6 +244,18 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .matrix import commands  # the matrix's modules load only when asked for
         return commands.cmd_matrix(args) if args.command == "matrix" else commands.cmd_report(args)
     return cmd_kernels(args)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .validation import validate_all
+    loaded: list[tuple[Path, Config | InputError]] = []
+    for path in args.configs:
+        try:
+            loaded.append((path, with_overrides(load_config(path), modes=tuple(args.mode) if args.mode else None,
+                                                kernel=args.kernel)))
+        except InputError as err:
+            loaded.append((path, err))
+    return validate_all(loaded, note_stderr)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -250,6 +273,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     for cfg in configs:
         for mode in cfg.modes:
             check_mode(mode)
+    if args.dry_run:
+        from .validation import validate_all
+        return validate_all([(c.path or Path(c.name), c) for c in configs], note)
     for cfg in configs:      # every kernel and hypervisor resolved (fetched if needed) before anything boots
         resolve_references(cfg, note)
     results: list[RunResult] = []

@@ -14,14 +14,18 @@ timeout, Ctrl-C), so a failed run can always be understood afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import fcntl
 import functools
+import hashlib
 import json
+import os
 import shlex
 import shutil
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -37,6 +41,7 @@ from .elf.vmlinux import Symbols, Vmlinux, upstream_version
 from .errors import ConfigError, InputError, KernelRefError, LaunchError, PatchscopeError, UnsupportedError
 from .guest import initramfs
 from .kernel import xen
+from .kernel.fetch import cache_dir
 from .kernel.image import Kernel, prepare_kernel
 from .kernel.modules import ModuleFile, resolve_modules
 from .kernel.refs import DebianRef, KernelRef, list_recipes, parse_ref
@@ -205,12 +210,42 @@ class _Facts:
     launch_output: tuple[str, ...] = ()
 
 
+@contextlib.contextmanager
+def owning(out: Path) -> Iterator[None]:
+    """Held while a run writes ``out``: a second run given the same directory is refused (its files would mix
+    with these, and its cleanup would delete them), with the pid of the run that has it."""
+    lockdir = cache_dir() / "locks"
+    lockdir.mkdir(parents=True, exist_ok=True)
+    key = hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:16]
+    with open(lockdir / f"artifacts-{key}.lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "?"
+            raise InputError(f"{out}: another patchscope run (pid {holder}) is writing its artefacts there; give "
+                             "each run its own --artifacts directory (or wait for it)") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def execute(req: RunRequest, note: Note) -> RunResult:
     """Run one config in one mode: prepare -> boot (observe, inspect) -> judge -> report.
 
-    Never raises PatchscopeError (it becomes verdict 'error'); result.json is
-    written whatever happens, Ctrl-C included.
+    Never raises PatchscopeError (it becomes verdict 'error'), except when another run holds the same artefacts
+    directory (InputError, nothing touched); result.json is written whatever happens, Ctrl-C included.
     """
+    with owning(req.outdir):
+        return _execute(req, note)
+
+
+def _execute(req: RunRequest, note: Note) -> RunResult:
     cfg = req.config
     out = req.outdir
     if out.exists():

@@ -175,3 +175,19 @@ def test_module_options_that_cannot_work_are_refused_in_one_line(args: tuple[str
     res = patchscope(*args)
     assert res.returncode == 2 and message in res.stderr, res.stderr
     assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_a_second_run_into_the_same_artefacts_directory_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 15: two runs given one --artifacts both said PASS and mixed their files in one directory."""
+    from framework.errors import InputError
+    from framework.pipeline import owning
+    monkeypatch.setenv("PATCHSCOPE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out" / "boot" / "native"
+    with owning(out):
+        # another process: the lock is per open file, so a second open in this process stands in for it
+        with pytest.raises(InputError, match=rf"{out}: another patchscope run \(pid \d+\) is writing its artefacts"), \
+                owning(out):
+            pass
+        assert not out.exists()
+    with owning(out):           # released: the next run may
+        pass

@@ -27,7 +27,7 @@ EDGES = ("framework.vm", "framework.debugger", "framework.observe", "framework.k
          "framework.pipeline", "framework.cli", "framework.pytest_plugin", "framework.matrix.runner",
          "framework.matrix.commands", "framework.build.tree", "framework.build.kbuild", "framework.build.commands",
          "framework.build.kmod",
-         "framework.bisect.gittree", "framework.bisect.runner", "framework.bisect.commands")
+         "framework.bisect.gittree", "framework.bisect.runner", "framework.bisect.commands", "framework.validation")
 PROCESS_LIBRARIES = ("subprocess", "socket", "threading", "pexpect", "pygdbmi")
 
 
