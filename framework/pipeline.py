@@ -23,6 +23,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -354,7 +355,16 @@ def _boot(req: RunRequest, kernel: Kernel, hypervisor: xen.Hypervisor | None, no
             if req.interactive and not req.gdb:
                 lines, ending = _interactive(vm, log)
             else:
-                vm.connect_qmp()
+                try:
+                    vm.connect_qmp()
+                except LaunchError as err:      # QEMU refused its arguments: its own words, not the socket's
+                    printed = vm.output_at_exit()
+                    log.write(printed)
+                    said = [ln.strip() for ln in printed.splitlines() if ln.strip()]
+                    own = [ln for ln in said if ln.startswith(Path(argv[0]).name) or "qemu-system" in ln]
+                    vm.shutdown()
+                    raise LaunchError(f"QEMU did not start: {(own or said or [str(err)])[-1][:300]}", argv,
+                                      vm.exitcode, printed[-4000:]) from None
                 console = ConsoleThread(vm.read, log, vm.started, timeout=cfg.timeout, silence=cfg.silence,
                                         exitcode=lambda: vm.exitcode,
                                         on_line=None if req.gdb else _stage_printer(note, cfg.name, req.mode))
@@ -373,11 +383,24 @@ def _boot(req: RunRequest, kernel: Kernel, hypervisor: xen.Hypervisor | None, no
     finally:
         vm.shutdown()
         facts.exitcode = vm.exitcode
+    if ending.reason == "exit" and vm.exitcode is not None and vm.exitcode < 0:
+        # QEMU ends by itself with a status; a signal that patchscope did not send killed it (the OOM killer,
+        # a user): the machine failed, not the guest, whatever the console shows last.
+        raise LaunchError(f"QEMU (pid {facts.pid}) was killed by signal {-vm.exitcode} "
+                          f"({_signal_name(-vm.exitcode)}) {ending.t:.1f} s into the run; the guest's console "
+                          "is in console.log", argv, vm.exitcode)
     if ending.reason == "exit" and vm.exitcode not in (0, None) and not _kernel_spoke(lines):
         tail = "\n".join(text for _, text in lines[-20:])
         raise LaunchError(f"QEMU exited with status {vm.exitcode} before the kernel printed anything: "
                           f"{(lines[-1][1] if lines else 'no output')[:200]}", argv, vm.exitcode, tail)
     return lines, ending
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return "an unknown signal"
 
 
 def _kernel_spoke(lines: list[TimedLine]) -> bool:

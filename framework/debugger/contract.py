@@ -61,6 +61,10 @@ class DebuggerError(InfrastructureError):
         super().__init__(" ".join(": ".join(parts).split()))
 
 
+class DebuggerDied(DebuggerError):
+    """The debugger's own process ended mid-session (killed, crashed): the machine failed, not the guest."""
+
+
 class DebuggerTimeout(DebuggerError):
     """A stop, or the answer to a request, did not arrive in time."""
 

@@ -50,7 +50,7 @@ from typing import IO, Self, TypeVar
 from pygdbmi.gdbmiparser import parse_response
 
 from ..errors import ToolMissingError
-from .contract import DEFAULT_REGISTERS, Breakpoint, DebuggerError, DebuggerTimeout, Stop
+from .contract import DEFAULT_REGISTERS, Breakpoint, DebuggerDied, DebuggerError, DebuggerTimeout, Stop
 
 T = TypeVar("T")
 
@@ -760,14 +760,16 @@ class Gdb:
                         status = self._proc.wait(1.0)
                     except subprocess.TimeoutExpired:
                         pass
-                raise DebuggerError(what, command, f"gdb exited (status {status}) while waiting for {waited_for}")
+                pid = self._proc.pid if self._proc is not None else "?"
+                raise DebuggerDied(what, command, f"gdb (pid {pid}) exited (status {status}) while waiting for "
+                                                  f"{waited_for}")
             if time.monotonic() >= deadline:
                 raise DebuggerTimeout(what, waited_for, timeout, command)
             self._pump(deadline)
 
     def _send(self, line: str) -> None:
         if self._proc is None or self._proc.stdin is None:
-            raise DebuggerError("send", line, "gdb is not running")
+            raise DebuggerDied("send", line, "gdb is not running")
         self._log_line("->", line)
         try:
             self._proc.stdin.write(line.encode() + b"\n")

@@ -35,13 +35,13 @@ from ..analysis.trace import APPLY_RELOCATE_ADD, MODULE_EVENTS, Event, Explainer
 from ..analysis.unwind import UnwindCheck
 from ..config import Inspect
 from ..debugger import Backend, open_debugger
-from ..debugger.contract import DebuggerError
+from ..debugger.contract import DebuggerDied, DebuggerError
 from ..domain import CAPTURE_POINTS, DebuggerKind, Note
 from ..elf import kmodlist
 from ..elf import ko as ko_mod
 from ..elf.orc import OrcTable
 from ..elf.vmlinux import Site, Symbols, Vmlinux
-from ..errors import ConfigError, ImageError
+from ..errors import ConfigError, ImageError, InfrastructureError, LaunchError
 from ..kernel.image import Kernel
 from ..scenario import Scenario, resolve
 from ..vm.machine import Machine
@@ -104,6 +104,21 @@ def comparisons_for(vmlinux: Vmlinux, symbols: Symbols, sites: Mapping[str, list
         comparison = compare(reported, cap, elf, symbols, pv_targets, extra_known=known)
         out[name] = dataclasses.replace(comparison, notes=tuple(vmlinux.notes))
     return out
+
+
+def _wait_for_gdbstub(vm: Qemu, console: ConsoleThread, socket: Path, limit: float = 30.0) -> None:
+    """Until QEMU's gdbstub socket exists; a QEMU that exits first (it refused an argument) is a LaunchError in
+    QEMU's own words, not a debugger's 30 s wait for a socket."""
+    deadline = time.monotonic() + limit
+    while not socket.exists() and time.monotonic() < deadline:
+        if not vm.alive():
+            console.finished.wait(5.0)
+            said = [text.strip() for _, text in console.lines if text.strip()]
+            own = [text for text in said if "qemu-system" in text]
+            raise LaunchError(f"QEMU exited (status {vm.exitcode}) before its gdbstub came up: "
+                              f"{(own or said or ['no output'])[-1][:300]}", vm.argv, vm.exitcode,
+                              "\n".join(said[-20:]))
+        time.sleep(0.05)
 
 
 class Inspection:
@@ -270,12 +285,19 @@ class Inspection:
         kind: Backend = "rsp" if self.debugger == "rsp" or (self.debugger == "auto" and (
             self.trace or self.trace_modules or self.scenario is not None or self.probe is not None)) else "gdb"
         log = self.outdir / ("rsp.log" if kind == "rsp" else "gdb.mi.log")
+        _wait_for_gdbstub(vm, console, machine.gdb_socket)
         with open_debugger(kind, machine.gdb_socket, log, self.kernel.symbols or self.kernel.vmlinux) as dbg:
             dbg.connect()
             session = Session(dbg, console, self.symbols, plan, self._options(vm), self.note)
             try:
                 self.outcome = session.run()
                 self.error = self.outcome.error
+            except DebuggerDied as err:
+                # GDB itself died (killed, crashed): the guest may be left stopped. An infrastructure error,
+                # never the guest's hang; the boot step stops QEMU on the way out.
+                self.outcome = session.out
+                console.release()
+                raise InfrastructureError(f"{err}; the debugger died mid-run, not the guest: run again") from None
             except DebuggerError as err:
                 # The guest crashed, ended or hung mid-session; it is running (or
                 # gone): closing the debugger below lets it go on.

@@ -96,6 +96,18 @@ class Qemu:
             self.qmp = qmp
         return self.qmp
 
+    def output_at_exit(self, wait: float = 3.0) -> str:
+        """What QEMU printed (its own error lines come on the same pty as the console) until it exited, for a
+        QEMU that failed to start; waits up to ``wait`` seconds for the end of its output."""
+        chunks: list[bytes] = []
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            data = self.read(0.2)
+            if data is None:
+                break
+            chunks.append(data)
+        return b"".join(chunks).decode("utf-8", "replace")
+
     def read(self, timeout: float) -> bytes | None:
         """Console bytes (b"" when none arrived within ``timeout``), or None at EOF."""
         assert self.child is not None
