@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from framework.debugger import mi as gdbmod
-from framework.debugger.contract import Breakpoint, DebuggerError, DebuggerTimeout, Stop
+from framework.debugger.contract import Breakpoint, DebuggerDied, DebuggerError, DebuggerTimeout, Stop
 from framework.debugger.mi import (
     Gdb,
     Inbox,
@@ -319,8 +319,8 @@ def test_a_mute_gdb_times_out_and_is_killed(fake_gdb: str, tmp_path: Path, monke
 def test_a_gdb_that_dies_is_an_error_not_a_hang(fake_gdb: str, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FAKE_GDB_MODE", "die")
-    with pytest.raises(DebuggerError, match=r"gdb: start: -gdb-set mi-async on: gdb exited \(status 3\) while "
-                                       r"waiting for result"):
+    with pytest.raises(DebuggerDied, match=r"gdb: start: -gdb-set mi-async on: gdb \(pid \d+\) exited \(status 3\) "
+                                      r"while waiting for result"):
         Gdb(tmp_path / "gdb.sock", tmp_path / "t", gdb=fake_gdb).start()
 
 
