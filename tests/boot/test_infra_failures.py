@@ -46,7 +46,8 @@ def _run_and_kill(tmp_path: Path, body: str, victim: str) -> tuple[int, dict[str
     if victim == "qemu":
         pid = int(pidfile.read_text())
     else:                                 # the run's GDB: a child of the patchscope process
-        children = subprocess.run(["pgrep", "-P", str(proc.pid), "gdb"], capture_output=True, text=True).stdout
+        children = subprocess.run(["pgrep", "-P", str(proc.pid), "gdb"], capture_output=True, text=True,
+                                  check=True).stdout
         pid = int(children.split()[0])
     os.kill(pid, signal.SIGKILL)
     proc.communicate(timeout=300)
