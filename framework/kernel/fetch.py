@@ -14,6 +14,7 @@ No root is needed: .deb files are read here in Python (ar + tar), not by dpkg.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import io
 import json
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..debversion import compare_debian_versions
-from ..errors import FetchError, ImageError, ToolMissingError
+from ..errors import FetchError, ImageError, InfrastructureError, ToolMissingError
 from .refs import DebianRef, NewestRef
 
 
@@ -243,12 +244,28 @@ def deb_extract(deb: Path, wanted: Callable[[str], str | None], dest: Path) -> d
                 path.write_bytes(fh.read())
                 os.chmod(path, 0o755 if info.mode & 0o111 else 0o644)
                 out[target] = path
-    except (tarfile.TarError, EOFError, OSError) as err:
+    except OSError as err:
+        raise unwritable(err, dest, f"unpacking {deb.name}") or ImageError(
+            f"{deb}: corrupt package data ({err}); delete it and fetch again") from err
+    except (tarfile.TarError, EOFError) as err:
         raise ImageError(f"{deb}: corrupt package data ({err}); delete it and fetch again") from err
     for target, linkname in links.items():
         if target not in out:
             raise ImageError(f"{deb}: {target} is a link to {linkname}, which the package does not hold")
     return out
+
+
+def unwritable(err: OSError, where: Path, doing: str) -> InfrastructureError | None:
+    """A full disk (or quota) met while ``doing``, said as such; None for any other error. The cache is not to
+    blame and nothing in it is to be deleted."""
+    if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    try:
+        free = f"{shutil.disk_usage(where if where.exists() else where.parent).free // (1 << 20)} MB free"
+    except OSError:
+        free = "free space unknown"
+    return InfrastructureError(f"no space left on the device holding {where} while {doing} ({free}): free some "
+                               f"space (patchscope's cache is {cache_dir()}) and run again")
 
 
 def note_stderr(message: str) -> None:

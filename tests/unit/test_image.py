@@ -96,3 +96,24 @@ def test_deb_errors(tmp_path: Path) -> None:
     deb = _deb(tmp_path, {}, links={"bin/busybox": "../usr/bin/busybox"})
     with pytest.raises(ImageError, match="is a link to"):
         deb_extract(deb, lambda n: "busybox" if n == "bin/busybox" else None, tmp_path)
+
+
+def test_a_full_disk_while_unpacking_is_said_as_such_not_a_corrupt_package(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 15: a full disk was reported as a corrupt .deb, with advice to delete it."""
+    import errno
+
+    from framework.errors import InfrastructureError
+    from framework.kernel.fetch import deb_extract
+    deb = _deb(tmp_path, {"boot/vmlinuz-6.1.0-56-amd64": b"x" * 100})
+
+    def full(self: Path, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    dest = tmp_path / "out"
+    dest.mkdir()
+    with pytest.raises(InfrastructureError, match=rf"no space left on the device holding {dest} while unpacking "
+                                                  rf"{deb.name} \(\d+ MB free\): free some space") as info:
+        deb_extract(deb, lambda name: "vmlinuz" if name.startswith("boot/") else None, dest)
+    assert "corrupt" not in str(info.value) and "delete" not in str(info.value)
