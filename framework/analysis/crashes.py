@@ -91,6 +91,7 @@ to the kernel's format) and a sample header to ``tests/unit/test_crashes.py``.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -138,12 +139,13 @@ class Crash:
     source: str
     report: tuple[str, ...]
     truncated: bool
+    repeats: int = 1                  # past MAX_KEPT crashes, later ones with this title are counted here
 
     def to_json(self) -> dict[str, object]:
         return {
             "title": self.title, "fatal": self.fatal, "line": self.line, "header": self.header,
             "kind": self.kind, "source": self.source, "report": list(self.report),
-            "truncated": self.truncated,
+            "truncated": self.truncated, **({"repeats": self.repeats} if self.repeats > 1 else {}),
         }
 
     @staticmethod
@@ -151,7 +153,8 @@ class Crash:
         report = data.get("report")
         return Crash(str(data["title"]), bool(data["fatal"]), int(str(data["line"])), str(data["header"]),
                      str(data["kind"]), str(data["source"]),
-                     tuple(str(r) for r in report) if isinstance(report, list) else (), bool(data.get("truncated")))
+                     tuple(str(r) for r in report) if isinstance(report, list) else (), bool(data.get("truncated")),
+                     int(str(data.get("repeats", 1))))
 
 
 # ---------------------------------------------------------------------------
@@ -411,10 +414,23 @@ def is_fatal_line(text: str) -> bool:
     return row is not None and row.fatal
 
 
+MAX_KEPT = 100          # crashes kept whole, in order; past them a title seen before is only counted (repeats)
+MAX_DISTINCT = 1000     # crashes kept at all; past them, only counted (Observation.crashes_dropped)
+
+
 def find_crashes(lines: Sequence[str]) -> list[Crash]:
-    """Every crash in a console log, in order of appearance."""
+    """Every crash in a console log, in order of appearance (bounded: see ``count_crashes``)."""
+    return count_crashes(lines)[0]
+
+
+def count_crashes(lines: Sequence[str]) -> tuple[list[Crash], int]:
+    """The crashes of a console log, and how many more were dropped: a log of 100,000 Oopses is not 100,000
+    entries. Up to MAX_KEPT every crash is kept; then a crash whose title was seen adds to that crash's
+    ``repeats``, a new title is kept up to MAX_DISTINCT, and past that only counted."""
     cleaned = [clean_line(ln) for ln in lines]
     crashes: list[Crash] = []
+    first: dict[str, int] = {}
+    dropped = 0
     i = 0
     while i < len(cleaned):
         found = _match(cleaned[i])
@@ -423,9 +439,17 @@ def find_crashes(lines: Sequence[str]) -> list[Crash]:
             continue
         row, m = found
         crash, i = _collect(cleaned, i, row, m)
-        if not (row.repeats and any(c.title == crash.title for c in crashes)):
+        seen = first.get(crash.title)
+        if row.repeats and seen is not None:
+            continue            # re-printed while the condition lasts: one crash
+        if seen is not None and len(crashes) >= MAX_KEPT:
+            crashes[seen] = dataclasses.replace(crashes[seen], repeats=crashes[seen].repeats + 1)
+        elif len(crashes) >= MAX_DISTINCT:
+            dropped += 1
+        else:
+            first.setdefault(crash.title, len(crashes))
             crashes.append(crash)
-    return crashes
+    return crashes, dropped
 
 
 def reset_crash(last_stage: str, line: int) -> Crash:

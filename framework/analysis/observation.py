@@ -30,6 +30,7 @@ class Observation:
     last_stage: str
     summary: str                  # one line for humans
     lines: tuple[str, ...]        # console text, without host times
+    crashes_dropped: int = 0      # crashes past crashes.MAX_DISTINCT, only counted
 
     @property
     def title(self) -> str | None:
@@ -50,7 +51,8 @@ class Observation:
                            if isinstance(crashes_, list) else (),
                            tuple(Stage.from_json(s) for s in stages_ if isinstance(s, dict))
                            if isinstance(stages_, list) else (),
-                           Ending.from_json(ending), str(data["last_stage"]), str(data["summary"]), tuple(lines))
+                           Ending.from_json(ending), str(data["last_stage"]), str(data["summary"]), tuple(lines),
+                           int(str(data.get("crashes_dropped", 0))))
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -59,12 +61,13 @@ class Observation:
             "crashes": [c.to_json() for c in self.crashes],
             "stages": [s.to_json() for s in self.stages],
             "ending": self.ending.to_json(),
+            **({"crashes_dropped": self.crashes_dropped} if self.crashes_dropped else {}),
         }
 
 
 def observe(lines: Sequence[TimedLine], ending: Ending) -> Observation:
     text = texts(lines)
-    found = list(crashes.find_crashes(text))
+    found, dropped = crashes.count_crashes(text)
     reached = stages.find_stages(lines)
     last = stages.last_stage(reached)
     done = stages.reached(reached, "init-done")
@@ -89,4 +92,4 @@ def observe(lines: Sequence[TimedLine], ending: Ending) -> Observation:
     else:
         outcome = "unknown"
         summary = f"ended ({ending.reason}) after '{last}' with no outcome"
-    return Observation(outcome, tuple(found), tuple(reached), ending, last, summary, tuple(text))
+    return Observation(outcome, tuple(found), tuple(reached), ending, last, summary, tuple(text), dropped)
