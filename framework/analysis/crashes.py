@@ -95,7 +95,7 @@ import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, overload
 
 Source = Literal["linux", "xen"]
 FuncSource = Literal["header", "rip", "stack"]
@@ -423,11 +423,33 @@ def find_crashes(lines: Sequence[str]) -> list[Crash]:
     return count_crashes(lines)[0]
 
 
+class _Cleaned(Sequence[str]):
+    """``lines`` as ``clean_line`` gives them, cleaned when read and not kept: a 200 MB log is not copied whole
+    (the scan reads each line once, a report's lines once more)."""
+
+    def __init__(self, lines: Sequence[str]) -> None:
+        self._lines = lines
+
+    def __len__(self) -> int:
+        return len(self._lines)
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[str]: ...
+
+    def __getitem__(self, index: int | slice) -> str | Sequence[str]:
+        if isinstance(index, slice):
+            return [clean_line(ln) for ln in self._lines[index]]
+        return clean_line(self._lines[index])
+
+
 def count_crashes(lines: Sequence[str]) -> tuple[list[Crash], int]:
     """The crashes of a console log, and how many more were dropped: a log of 100,000 Oopses is not 100,000
     entries. Up to MAX_KEPT every crash is kept; then a crash whose title was seen adds to that crash's
     ``repeats``, a new title is kept up to MAX_DISTINCT, and past that only counted."""
-    cleaned = [clean_line(ln) for ln in lines]
+    cleaned = _Cleaned(lines)
     crashes: list[Crash] = []
     first: dict[str, int] = {}
     dropped = 0
