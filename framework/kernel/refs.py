@@ -103,6 +103,10 @@ def parse_ref(text: str, directory: Path | None = None, base: Path | None = None
     (the config file's directory); the current directory when None.
     """
     text = text.strip()
+    bad = next((ch for ch in text if not ch.isprintable()), None)
+    if bad is not None:
+        raise KernelRefError(f"{text!r}: a kernel reference is one line of printable text; it holds "
+                             f"{bad!r}")
     if text.startswith("debian:"):
         return _parse_debian(text[len("debian:"):], text)
     if text.startswith("path:"):

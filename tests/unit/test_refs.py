@@ -51,3 +51,11 @@ def test_recipes_listed_and_bad_recipes_rejected(tmp_path: Path) -> None:
     bad.write_text("kind: build\n")     # a build recipe is read by framework.build.recipe, with lines
     with pytest.raises(ConfigError, match=r"bad.yaml:1: a build recipe needs tree:"):
         load_recipe(bad)
+
+
+def test_a_reference_that_is_not_one_printable_line_is_refused_in_one() -> None:
+    """Found by tests/unit/test_fuzz_inputs.py: 'build:\\n0' gave a two-line error."""
+    for text in ("build:\n0", "debian-6.1\x00", "path:/a\tb"):
+        with pytest.raises(KernelRefError, match="a kernel reference is one line of printable text") as info:
+            parse_ref(text)
+        assert "\n" not in str(info.value)
