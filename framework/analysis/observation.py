@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -65,11 +66,34 @@ class Observation:
         }
 
 
+# The machine starting again after Linux ran: a second kernel banner, the firmware, the decompressor, a second
+# Xen banner. A reset, whatever ended the log.
+RESTART = re.compile(r"^(?:\[\s*\d+\.\d+\]\s*)?(?:Linux version \d|Decompressing Linux|early console in extract_kernel)"
+                     r"|^SeaBIOS \(version|^Booting from ROM|^iPXE \(|^\(XEN\) Xen version \d")
+
+
+def restarted(text: Sequence[str], reached: Sequence[stages.Stage]) -> int | None:
+    """The 1-based line where the machine starts again after Linux printed its banner; None if it never does."""
+    banner = next((s.line for s in reached if s.name == "linux"), None)
+    if banner is None:
+        return None
+    for index in range(banner, len(text)):      # text[banner] is the line after the banner
+        if RESTART.match(text[index]) is not None:
+            return index + 1
+    return None
+
+
 def observe(lines: Sequence[TimedLine], ending: Ending) -> Observation:
     text = texts(lines)
     found, dropped = crashes.count_crashes(text)
     reached = stages.find_stages(lines)
     last = stages.last_stage(reached)
+    again = restarted(text, reached)
+    if again is not None and not any(c.fatal and c.line < again for c in found):
+        before = stages.last_stage([s for s in reached if s.line < again])
+        found = sorted([*found, crashes.reset_crash(before, again)], key=lambda c: c.line)
+        reached = [s for s in reached if s.line < again]
+        last = before
     done = stages.reached(reached, "init-done")
     powered_off = stages.reached(reached, "power-off")
     fatal = [c for c in found if c.fatal]
@@ -91,5 +115,6 @@ def observe(lines: Sequence[TimedLine], ending: Ending) -> Observation:
         summary = f"hung after '{last}': {why}"
     else:
         outcome = "unknown"
-        summary = f"ended ({ending.reason}) after '{last}' with no outcome"
+        summary = (f"the log ends after '{last}' with no power-off, panic or hang in it (cut short?)"
+                   if ending.reason == "log-end" else f"ended ({ending.reason}) after '{last}' with no outcome")
     return Observation(outcome, tuple(found), tuple(reached), ending, last, summary, tuple(text), dropped)
