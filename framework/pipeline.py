@@ -106,10 +106,10 @@ def prepare_xen(config: Config, note: Note) -> xen.Hypervisor:
     return xen.prepare_hypervisor(parse_ref(config.hypervisor, base=base), note)
 
 
-def resolve_references(config: Config, note: Note) -> None:
+def resolve_references(config: Config, note: Note) -> Kernel:
     """The config's kernel (and, when a mode is xen-pv, its hypervisor) parsed, told apart and prepared
     (fetched if needed): a ConfigError at the key's line before anything boots, never after another config or
-    the other mode already ran."""
+    the other mode already ran. Returns the prepared kernel."""
     base = config.path.parent if config.path else None
 
     def ref_of(key: str, text: str) -> KernelRef:
@@ -135,7 +135,7 @@ def resolve_references(config: Config, note: Note) -> None:
     kernel = ref_of("kernel", config.kernel)
     hypervisor = ref_of("hypervisor", config.hypervisor) if "xen-pv" in config.modes else None
     try:
-        prepare_kernel(kernel, note)
+        prepared = prepare_kernel(kernel, note)
     except InputError as err:       # a corrupt image, a package the archive does not have: at the config's line
         raise ConfigError(config.path, config.lines.get("kernel"), f"kernel: {err}") from None
     if hypervisor is not None:
@@ -143,6 +143,7 @@ def resolve_references(config: Config, note: Note) -> None:
             xen.prepare_hypervisor(hypervisor, note)
         except InputError as err:
             raise ConfigError(config.path, config.lines.get("hypervisor"), f"hypervisor: {err}") from None
+    return prepared
 
 
 def _is_xen_recipe(path: Path) -> bool:

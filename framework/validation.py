@@ -19,16 +19,15 @@ from .domain import Note
 from .errors import InputError
 from .kernel.modules import resolve_modules
 from .observe.inspection import Inspection
-from .pipeline import applicability, check_mode, prepare, resolve_references
+from .pipeline import applicability, check_mode, resolve_references
 
 
 def validate(config: Config, note: Note) -> str:
     """A one-line account of what was checked; InputError (a ConfigError at its line) on the first problem."""
     for mode in config.modes:
         check_mode(mode)
-    resolve_references(config, note)
+    kernel = resolve_references(config, note)
     why = applicability(config, note)
-    kernel = prepare(config, note)
     if why is not None:
         return f"N/A   {config.name}: not applicable to {config.kernel}: {why}"
     checked = [f"kernel {config.kernel} ({kernel.package or kernel.bzimage} {kernel.version or ''})".rstrip()]

@@ -292,27 +292,25 @@ def check_site(table: OrcTable, site: Site, site_streams: Iterable[tuple[str, by
             address = site.address + b.offset
             if b.offset == site.length and starts(address):
                 continue          # the stream ends where another function starts: a call that does not return
-            counts.boundaries += 1
             if b.call is not None and not elsewhere:
                 callee = symbols.resolve((base + b.call) & MASK64)
                 name = callee[0] if callee is not None and callee[1] == 0 else ""
                 if name in NORETURN and b.offset == site.length:
-                    counts.boundaries -= 1
                     counts.unreachable += 1
                     continue
                 elsewhere = name in RETURNS_ELSEWHERE
             want = None if elsewhere else expected(entry, b)
+            got = table.lookup(address) if want is not None else None
+            if got is not None and got[1].undefined and b.after.startswith("call") and b.offset == site.length:
+                counts.unreachable += 1     # objtool knew the callee does not return
+                continue
+            counts.boundaries += 1
             if want is None:
                 counts.unknown += 1
                 continue
-            got = table.lookup(address)
             if got is None:
                 continue
             ip, live = got
-            if live.undefined and b.after.startswith("call") and b.offset == site.length:
-                counts.boundaries -= 1
-                counts.unreachable += 1     # objtool knew the callee does not return
-                continue
             bp_ok = b.bp_changed or (live.bp_reg, live.bp_offset) == (entry.bp_reg, entry.bp_offset)
             if (live.sp_reg, live.sp_offset, live.type) == want and bp_ok:
                 counts.agree += 1

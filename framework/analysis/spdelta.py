@@ -121,7 +121,9 @@ def boundaries(code: bytes) -> tuple[Boundary, ...]:
     delta: int | None = 0
     bp_changed = False
     resume = 0          # the next offset reached: past a call into the stream, its target
-    for offset, size, template, relative in decode(code):
+    insns = decode(code)
+    starts = {offset for offset, _, _, _ in insns} | {len(code)}     # the instruction boundaries of this decoding
+    for offset, size, template, relative in insns:
         if offset < resume:
             continue        # skipped by a call into the stream (an int3 that is never executed)
         text = template if relative is None else template.format(hex(relative))
@@ -134,7 +136,7 @@ def boundaries(code: bytes) -> tuple[Boundary, ...]:
         if not falls:
             break
         end = max(offset + size, resume)
-        if any(o < end < o + s for o, s, _, _ in decode(code)):
+        if end not in starts:
             break           # the target is not an instruction boundary of this decoding: not followed
         out.append(Boundary(end, delta, text, bp_changed, called))
         if delta is None:

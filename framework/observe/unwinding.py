@@ -71,8 +71,9 @@ class UnwindProbe:
 
     def plan(self, capture: Capture) -> tuple[list[int], list[int]]:
         """(boundary addresses, entry addresses) to arm: the patched candidates, as ``capture`` holds them."""
+        armed_sites = 0
         for site in self.sites:
-            if len({a.site.address for a in self.armed.values()}) >= MAX_SITES:
+            if armed_sites >= MAX_SITES:
                 break
             live = capture.read(site.address, site.length)
             if live is None or live == site.original:
@@ -87,7 +88,8 @@ class UnwindProbe:
             for address in armed.pending:
                 self.armed.setdefault(address, armed)
             self.entries[armed.entry] = name
-        patched = len({a.site.address for a in self.armed.values()})
+            armed_sites += 1
+        patched = armed_sites
         self.note_text = (f"unwind: {patched} patched {self.spec.table} sites"
                           f"{f' of {self.spec.op}' if self.spec.op else ''} armed at {len(self.armed)} "
                           f"boundaries, {len(self.entries)} function entries")
