@@ -101,10 +101,13 @@ def test_recorded_panics_in_detail() -> None:
 def test_null_deref_oops_then_panic() -> None:
     oops, panic = find_crashes(load_fixture(CONSOLE / "oops-null-deref-panic.log").lines)
     assert (oops.kind, oops.fatal, oops.title) == ("null-deref", False,
-                                                   "BUG: kernel NULL pointer dereference in ps_null_write")
+                                                   "BUG: unable to handle kernel NULL pointer dereference in ps_null_write")
+    assert not oops.corrupted
     assert "Oops: 0002 [#1] PREEMPT SMP NOPTI" in oops.report
     assert oops.report[-1] == "---[ end trace 0000000000000000 ]---"
     assert (panic.kind, panic.fatal, panic.title) == ("panic", True, "kernel panic: Fatal exception")
+    # Alone, this panic would be the tail of a crash whose start was lost.
+    assert panic.corrupted and "start was lost" in panic.corrupted_reason
 
 
 def test_xen_dom0_crash_is_one_crash() -> None:
@@ -120,7 +123,7 @@ def test_xen_dom0_crash_is_one_crash() -> None:
 def test_dom0_linux_panic_comes_first() -> None:
     crashes = find_crashes(load_fixture(CONSOLE / "xen-dom0-linux-panic.log").lines)
     assert [(c.source, c.title) for c in crashes] == [
-        ("linux", "kernel panic: VFS: Unable to mount root fs on unknown-block(0,0)"),
+        ("linux", "kernel panic: VFS: Unable to mount root fs on unknown-block(NUM,NUM)"),
         ("xen", "xen: dom0 crashed"),
     ]
     assert primary(crashes) is crashes[0]
@@ -129,6 +132,7 @@ def test_dom0_linux_panic_comes_first() -> None:
 def test_truncated_report() -> None:
     (crash,) = find_crashes(load_fixture(CONSOLE / "truncated-null-deref.log").lines)
     assert crash.truncated and crash.report == (crash.header,)
+    assert crash.corrupted and crash.corrupted_reason == "the log ends inside the report"
     (whole,) = find_crashes(load_fixture(CONSOLE / "panic-sysrq.log").lines)
     assert not whole.truncated
     assert find_crashes(["Kernel panic - not syncing: x"])[0].truncated
@@ -139,6 +143,32 @@ def test_truncated_report() -> None:
     # A Xen dom0 death whose last line never came.
     (xen,) = find_crashes(["(XEN) d0v0 Unhandled: vec 13, #GP[0000]"])
     assert xen.truncated and not xen.fatal and xen.title == "xen: d0 unhandled general protection fault"
+
+
+@pytest.mark.parametrize("lines, reason", [
+    # Another message's timestamp inside the header line: interleaved output.
+    (["BUG: unable to handle page f[    2.100001] ps_test: tick", "RIP: 0010:ps_poke+0x1/0x2", "Call Trace:",
+      " ps_poke+0x1/0x2"], "the header was cut short"),
+    (["WARNING: CPU: 0 PID: 1 at a.c:1 f+0x1/0x2 [    2.1] x", "RIP: 0010:f+0x1/0x2", "Call Trace:",
+      " f+0x1/0x2", "---[ end trace 0 ]---"], "another message's timestamp is inside the header line"),
+    (["BUG: KASAN: slab-out-of-bounds in ps_oob+0x1/0x2", "CPU: 0 PID: 1 Comm: a", "Call Trace:",
+      " ps_oob+0x1/0x2", "=================================================================="],
+     "no Read or Write line"),
+    (["WARNING: CPU: 0 PID: 1 at a.c:1 kfree+0x1/0x2", "RIP: 0010:kfree+0x1/0x2", "Call Trace:",
+      " memcpy+0x1/0x2", "---[ end trace 0 ]---"], "no function to name it by"),
+    (["BUG: unable to handle page fault for address: ffffc90000a1b000", "RIP: 0010:ps_poke+0x1/0x2",
+      "---[ end trace 0 ]---"], "no stack trace in the report"),
+])
+def test_corrupted_reports(lines: list[str], reason: str) -> None:
+    crash = find_crashes(lines)[0]
+    assert crash.corrupted and crash.corrupted_reason.startswith(reason)
+    assert crash.to_json()["corrupted"] is True and Crash.from_json(crash.to_json()) == crash
+
+
+def test_whole_reports_are_not_corrupted() -> None:
+    for name in ("warning-6.1.log", "gpf-noncanonical.log", "panic-vfs.log", "lockdep-circular.log"):
+        crash = find_crashes(load_fixture(CONSOLE / name).lines)[0]
+        assert not crash.corrupted, (name, crash.corrupted_reason)
 
 
 # --- clean_line.
@@ -201,10 +231,8 @@ SAMPLES: list[tuple[str, str, bool]] = [
     ("BUG: scheduling while atomic: swapper/0/1/0x00000002", "sched-atomic", False),
     ("BUG: Bad page state in process swapper/0  pfn:01234", "bad-page", False),
     ("BUG: spinlock bad magic on CPU#0, swapper/0/1", "spinlock", False),
-    ("BUG: Dentry ffff888003a0e0c0{i=1,n=/}  still in use (1) [unmount of tmpfs tmpfs]", "bug", False),
+    ("BUG: Dentry ffff888003a0e0c0{i=1,n=/}  still in use (1) [unmount of tmpfs tmpfs]", "dentry", False),
     ("kernel BUG at arch/x86/kernel/alternative.c:1055!", "kernel-bug", False),
-    ("kernel tried to execute NX-protected page - exploit attempt? (uid: 0)", "nx", False),
-    ("unable to execute userspace code (SMEP?) (uid: 0)", "smep", False),
     ("traps: PANIC: double fault, error_code: 0x0", "double-fault", True),
     ("general protection fault, probably for non-canonical address 0xdead000000000122: 0000 [#1] PREEMPT SMP NOPTI",
      "gpf", False),
@@ -212,8 +240,6 @@ SAMPLES: list[tuple[str, str, bool]] = [
     ("double fault: 0000 [#1] PREEMPT SMP NOPTI", "double-fault", True),
     ("Oops: 0002 [#1] PREEMPT SMP NOPTI", "oops", False),
     ("stack guard page: 0000 [#1] PREEMPT SMP NOPTI", "oops", False),
-    ("list_add corruption. next->prev should be prev (ffff8880), but was 0000000000000000. (next=ffff8881).",
-     "list-corruption", False),
     ("WARNING: possible circular locking dependency detected", "lockdep", False),
     ("WARNING: HARDIRQ-safe -> HARDIRQ-unsafe lock order detected", "lockdep", False),
     ("WARNING: suspicious RCU usage", "lockdep", False),
@@ -241,6 +267,52 @@ SAMPLES: list[tuple[str, str, bool]] = [
     ("INFO: rcu_sched detected stalls on CPUs/tasks:", "rcu-stall", False),
     ("WARNING: at fs/foo.c:123 foo_write+0x1/0x2()", "warning", False),
     ("WARNING: kernel/foo.c:123 at bar+0x3c/0x60, CPU#0: swapper/0/1", "warning", False),
+    ("WARNING: [!ps_ok()] kernel/ps.c:42 at ps_check+0x1a/0x40, CPU#0: swapper/0/1", "warning", False),
+    ("Kernel panic - not syncing: corrupted stack end detected inside scheduler", "stack-corruption", True),
+    ("Kernel panic - not syncing: kernel stack overflow", "stack-overflow", True),
+    ("Kernel panic - not syncing: Attempted to kill init! exitcode=0x0000000b", "panic", True),
+    ("Kernel panic - not syncing: Couldn't open N_TTY ldisc for ptm0 --- error -12.", "panic", True),
+    ("Kernel panic - not syncing: Fatal exception in interrupt", "panic", True),
+    ("BUG: KASAN: double-free in kfree+0x8f/0x1d0", "kasan", False),
+    ("BUG: KASAN: slab-out-of-bounds on address ffff88000c00c0c0", "kasan", False),
+    ("BUG: KMSAN: uninit-value in ps_read+0x1/0x2", "kmsan", False),
+    ("BUG: KFENCE: use-after-free read in ps_uaf+0x1/0x2", "kfence", False),
+    ("BUG: KFENCE: invalid free in ps_free+0x1/0x2", "kfence", False),
+    ("UBSAN: Undefined behaviour in lib/ps.c:12:3", "ubsan", False),
+    ("BUG: unable to handle page f", "page-fault", False),
+    ("NMI watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [swapper/0:1]", "soft-lockup", False),
+    ("INFO: task ps_worker:123 can't die for more than 143 seconds.", "hung-task", False),
+    ("[ INFO: possible circular locking dependency detected ]", "lockdep", False),
+    ("WARNING: possible recursive locking detected", "lockdep", False),
+    ("WARNING: inconsistent lock state", "lockdep", False),
+    ("INFO: trying to register non-static key.", "lockdep", False),
+    ("[ BUG: Invalid wait context ]", "lockdep", False),
+    ("[ BUG: bad unlock balance detected! ]", "lockdep", False),
+    ("WARNING: held lock freed!", "lockdep", False),
+    ("WARNING: ps_worker/123 still has locks held!", "lockdep", False),
+    ("WARNING: lock held when returning to user space!", "lockdep", False),
+    ("WARNING: Nested lock was not taken", "lockdep", False),
+    ("BUG: using smp_processor_id() in preemptible [00000000] code: swapper/0/1", "preemptible", False),
+    ("2026/11/30 10:00:01 BUG: memory leak", "memory-leak", False),
+    ("unreferenced object 0xffff888100a1b2c0 (size 32):", "memory-leak", False),
+    ("BUG: non-zero nr_ptes on freeing mm: 4", "bad-mm", False),
+    ("BUG kmalloc-64 (Not tainted): Object already free", "slub", False),
+    ("BUG: something nobody has named yet", "bug", False),
+    ("kernel BUG at mm/usercopy.c:99!", "kernel-bug", False),
+    ("kernel BUG at lib/list_debug.c:62!", "kernel-bug", False),
+    ("stack segment: 0000 [#1] PREEMPT SMP NOPTI", "stack-segment", False),
+    ("divide error: 0000 [#1] PREEMPT SMP NOPTI", "divide-error", False),
+    ("divide_error: 0000 [#1] PREEMPT SMP NOPTI", "divide-error", False),
+    ("WARNING: CPU: 0 PID: 1 at lib/debugobjects.c:509 debug_print_object+0x8d/0xb0", "warning", False),
+    ("WARNING: CPU: 0 PID: 1 at mm/usercopy.c:101 usercopy_warn+0x1/0x2", "warning", False),
+    ("WARNING: CPU: 0 PID: 1 at lib/kobject.c:700 kobject_put+0x1/0x2", "warning", False),
+    ("WARNING: CPU: 0 PID: 1 at fs/proc/generic.c:380 proc_register+0x1/0x2", "warning", False),
+    ("WARNING: CPU: 0 PID: 1 at lib/refcount.c:25 refcount_warn_saturate+0x97/0x110", "warning", False),
+    ("WARNING: CPU: 0 PID: 1 at kernel/locking/lockdep.c:232 __lock_acquire+0x1/0x2", "warning", False),
+    ("WARNING: CPU: 0 PID: 1 at mm/vmalloc.c:3000 __vmalloc_node_range+0x1/0x2", "warning", False),
+    ("WARNING: CPU: 0 PID: 1 at mm/page_alloc.c:5000 __alloc_pages+0x1/0x2 kmalloc", "warning", False),
+    ("unregister_netdevice: waiting for lo to become free. Usage count = 2", "netdev", False),
+    ("  BUG: KCSAN: data-race in ps_reader / ps_writer", "kcsan", False),
     ("(XEN) traps.c:458:d0 Unhandled invalid opcode fault/trap [#6] on VCPU 0 [ec=0000]", "xen", False),
     ("(XEN) FATAL TRAP: vec 7, #NM[0000]", "xen", True),
     ("(XEN) Domain 0 crashed: rebooting machine in 5 seconds.", "xen", True),
@@ -291,6 +363,9 @@ def test_rows_are_sane() -> None:
     "[    1.9] Kernel Offset: disabled",
     "[    1.9] Call Trace:",
     "WARNING: at least one of your users is angry",
+    "[    1.9] kernel tried to execute NX-protected page - exploit attempt? (uid: 0)",
+    "[    1.9] unable to execute userspace code (SMEP?) (uid: 0)",
+    "[    1.9] list_add corruption. next->prev should be prev (ffff8880), but was 0. (next=ffff8881).",
     "Oops: nothing to see here",
     "INFO: task foo:1 is fine",
     "rcu: INFO: rcu_preempt kthread starved for 10 jiffies!",
@@ -338,20 +413,38 @@ def test_find_crashes_never_raises_on_junk() -> None:
      "general protection fault in int3_magic"),
     (["BUG: unable to handle kernel paging request at ffffffffc0402000",
       "RIP: 0010:[<ffffffff81234567>]  [<ffffffff81234567>] foo_bar.isra.3+0x12/0x40"],
-     "BUG: unable to handle page fault in foo_bar"),
+     "BUG: unable to handle kernel paging request in foo_bar"),
     (["BUG: unable to handle kernel NULL pointer dereference at 0000000000000008",
-      "RIP: 0010:do_exit.cold+0x1/0x2"], "BUG: kernel NULL pointer dereference in do_exit"),
+      "RIP: 0010:do_exit.cold+0x1/0x2"], "BUG: unable to handle kernel NULL pointer dereference in do_exit"),
     (["BUG: kernel NULL pointer dereference, address: 0000000000000000", "RIP: 0010:0x0", "Call Trace:",
       " <TASK>", " ? __die_body+0x1a/0x60", " caller_fn+0x15/0x30", " </TASK>"],
-     "BUG: kernel NULL pointer dereference in caller_fn"),
-    (["WARNING: at fs/foo.c:123 foo_write+0x1/0x2()"], "WARNING in foo_write"),
-    (["WARNING: kernel/foo.c:123 at bar+0x3c/0x60, CPU#0: swapper/0/1"], "WARNING in bar"),
+     "BUG: unable to handle kernel NULL pointer dereference in caller_fn"),
+    (["WARNING: at fs/foo.c:123 foo_write+0x1/0x2()", "Call Trace:",
+      " [<ffffffff8105cc2a>] warn_slowpath_common+0x8a/0xc0", " [<ffffffff8105cc7a>] foo_write+0x1/0x2"],
+     "WARNING in foo_write"),
+    (["WARNING: kernel/foo.c:123 at bar+0x3c/0x60, CPU#0: swapper/0/1", "RIP: 0010:bar+0x3c/0x60"], "WARNING in bar"),
+    # The header's function is not enough: syzkaller takes it from the RIP line or the stack.
+    (["WARNING: kernel/foo.c:123 at bar+0x3c/0x60, CPU#0: swapper/0/1"], "WARNING in corrupted"),
+    (["IP: [<ffffffff8148e81d>] ps_old_ip+0x2bd/0x3410", "BUG: unable to handle kernel NULL pointer dereference"][::-1],
+     "BUG: unable to handle kernel NULL pointer dereference in ps_old_ip"),
+    (["unreferenced object 0xffff880039a55260 (size 64):", "  backtrace:",
+      "    [<ffffffff848a2f5f>] sock_kmalloc+0x7f/0xc0", "    [<ffffffff84e5bea0>] ps_leaky.isra.7+0x15d0/0x2830"],
+     "memory leak in ps_leaky"),
     (["WARNING: CPU: 1 PID: 0 at kernel/foo.c:123", "RIP: 0010:baz_fn+0x3c/0x60"], "WARNING in baz_fn"),
-    (["kernel BUG at mm/slub.c:4321!", "invalid opcode: 0000 [#1] SMP"], "kernel BUG at mm/slub.c"),
-    (["kernel BUG at mm/slub.c:4321!", "Oops: invalid opcode: 0000 [#1] SMP", "RIP: 0010:kfree+0x1/0x2"],
-     "kernel BUG at mm/slub.c in kfree"),
+    (["kernel BUG at mm/slub.c:4321!", "invalid opcode: 0000 [#1] SMP"], "kernel BUG in corrupted"),
+    (["kernel BUG at mm/slub.c:4321!", "Oops: invalid opcode: 0000 [#1] SMP", "RIP: 0010:kfree+0x1/0x2",
+      "Call Trace:", " <TASK>", " ps_free_twice+0x1/0x2", " </TASK>"], "kernel BUG in ps_free_twice"),
+    (["kernel BUG at fs/ps.c:77!", "Oops: invalid opcode: 0000 [#1] SMP", "RIP: 0010:ps_bug_fn+0x1/0x2"],
+     "kernel BUG in ps_bug_fn"),
     (["Kernel panic - not syncing: stack-protector: Kernel stack is corrupted in: do_thing+0x7c/0x80"],
-     "stack-protector: Kernel stack is corrupted in do_thing"),
+     "kernel panic: stack is corrupted in do_thing"),
+    (["Kernel panic - not syncing: stack-protector: Kernel stack is corrupted in: ffffffff8343632e",
+      "Call Trace:", " <TASK>", " dump_stack_lvl+0x1/0x2", " panic+0x1/0x2", " __stack_chk_fail+0x1/0x2",
+      " ps_smash+0x1/0x2", " </TASK>"], "kernel panic: stack is corrupted in ps_smash"),
+    (["Kernel panic - not syncing: Attempted to kill init! exitcode=0x0000000b"],
+     "kernel panic: Attempted to kill init!"),
+    (["Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(0,0)"],
+     "kernel panic: VFS: Unable to mount root fs on unknown-block(NUM,NUM)"),
     (["Kernel panic - not syncing: Attempted to kill the idle task!   "],
      "kernel panic: Attempted to kill the idle task!"),
     (["Kernel panic - not syncing: "], "kernel panic"),
@@ -359,26 +452,36 @@ def test_find_crashes_never_raises_on_junk() -> None:
     (["BUG: KCSAN: data-race in test_kernel_read / test_kernel_write"],
      "KCSAN: data-race in test_kernel_read / test_kernel_write"),
     (["BUG: KFENCE: out-of-bounds read in test_out_of_bounds_read+0xa8/0x22b"],
-     "KFENCE: out-of-bounds read in test_out_of_bounds_read"),
-    (["BUG: KASAN: double-free or invalid-free in kfree+0x1/0x2"], "KASAN: double-free or invalid-free in kfree"),
-    (["UBSAN: array-index-out-of-bounds in drivers/x/y.c:99:5"], "UBSAN: array-index-out-of-bounds in drivers/x/y.c"),
+     "KFENCE: out-of-bounds in test_out_of_bounds_read"),
+    (["BUG: KASAN: double-free or invalid-free in kfree+0x1/0x2", "Call Trace:", " kfree+0x1/0x2",
+      " ps_free+0x1/0x2"], "KASAN: invalid-free in ps_free"),
+    (["BUG: KASAN: slab-out-of-bounds in ps_oob+0x1/0x2", "Read of size 4 at addr ffff888003a0e0c0 by task a/1"],
+     "KASAN: slab-out-of-bounds Read in ps_oob"),
+    (["UBSAN: array-index-out-of-bounds in /build/linux-Ab1/drivers/x/y.c:99:5", "Call Trace:", " <TASK>",
+      " dump_stack_lvl+0x1/0x2", " __ubsan_handle_out_of_bounds+0x1/0x2", " y_lookup+0x1/0x2", " </TASK>"],
+     "UBSAN: array-index-out-of-bounds in y_lookup"),
     (["BUG: using smp_processor_id() in preemptible [00000000] code: swapper/0/1", "Call Trace:", " <TASK>",
       " dump_stack_lvl+0x44/0x5c", " check_preemption_disabled+0xd9/0xe0", " foo_percpu+0x1/0x2", " </TASK>"],
-     "BUG: using smp_processor_id in preemptible code in foo_percpu"),
+     "BUG: using smp_processor_id() in preemptible code in foo_percpu"),
     (["BUG: Dentry ffff888003a0e0c0{i=1,n=/}  still in use (1) [unmount of tmpfs tmpfs]"],
-     "BUG: Dentry still in use"),
+     "BUG: Dentry still in use in unmount"),
     (["BUG: sleeping function called from invalid context at kernel/locking/mutex.c:580", "Call Trace:",
       " <TASK>", " dump_stack_lvl+0x44/0x5c", " __might_resched.cold+0xcc/0xdd", " mutex_lock+0x1a/0x40",
       " foo_irq_handler+0x1e/0x40 [foo]", " </TASK>"],
      "BUG: sleeping function called from invalid context in foo_irq_handler"),
-    (["BUG: spinlock bad magic on CPU#0, swapper/0/1"], "BUG: spinlock bad magic"),
+    (["BUG: spinlock bad magic on CPU#0, swapper/0/1", "Call Trace:", " do_raw_spin_lock+0x1/0x2",
+      " _raw_spin_lock+0x1/0x2", " ps_grab_it+0x1/0x2"], "BUG: spinlock bad magic in ps_grab_it"),
     (["BUG: workqueue lockup - pool cpus=0 node=0 flags=0x0 nice=0 stuck for 30s!"], "BUG: workqueue lockup"),
     (["INFO: task init:1 blocked for more than 120 seconds.", "Call Trace:", " <TASK>", " __schedule+0x1/0x2",
-      " schedule+0x1/0x2", " io_schedule+0x1/0x2", " </TASK>"], "INFO: task hung"),
+      " schedule+0x1/0x2", " io_schedule+0x1/0x2", " folio_wait_bit+0x1/0x2", " ps_read_page+0x1/0x2",
+      " </TASK>"], "INFO: task hung in ps_read_page"),
+    (["INFO: task init:1 blocked for more than 120 seconds.", "Call Trace:", " <TASK>", " __schedule+0x1/0x2",
+      " schedule+0x1/0x2", " synchronize_srcu+0x1/0x2", " ps_teardown+0x1/0x2", " </TASK>"],
+     "INFO: task hung in synchronize_rcu"),
     (["(XEN) d0v0 Unhandled page fault fault/trap [#14, ec=0002]"], "xen: d0 unhandled page fault"),
     (["(XEN) traps.c:458:d0 Unhandled invalid opcode fault/trap [#6] on VCPU 0 [ec=0000]"],
      "xen: d0 unhandled invalid opcode"),
-    (["(XEN) d1v3 Unhandled: vec 99, #??[0000]"], "xen: d1 unhandled vector 99"),
+    (["(XEN) d1v3 Unhandled: vec 99, #??[0000]"], "xen: d1 unhandled vector NUM"),
     ([("(XEN) domain_crash_sync called from entry.S: fault at ffff82d04036e5b0 "
        "x86_64/entry.S#domain_crash_page_fault_6x8+0/0x4")], "xen: domain_crash_sync in domain_crash_page_fault_6x8"),
     (["(XEN) Assertion 'v->processor == cpu' failed at common/sched/credit2.c:2345"],
@@ -389,14 +492,18 @@ def test_find_crashes_never_raises_on_junk() -> None:
       "(XEN) ****************************************", "(XEN) ", "(XEN) Reboot in five seconds..."],
      "xen: FATAL TRAP: NMI"),
     (["(XEN) Panic on CPU 0:", "(XEN) Could not set up DOM0 guest OS (rc = -22)",
-      "(XEN) ****************************************"], "xen: panic: Could not set up DOM0 guest OS (rc = -22)"),
+      "(XEN) ****************************************"], "xen: panic: Could not set up DOM0 guest OS (rc = -NUM)"),
     (["(XEN) Panic on CPU 0:"], "xen: panic"),
     (["[    1.234567][    T1] Kernel panic - not syncing: x"], "kernel panic: x"),
     # RIP in locking machinery: the culprit is the first real caller; "? " frames are unreliable.
     (["watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [a:1]",
       "RIP: 0010:native_queued_spin_lock_slowpath+0x6a/0x2a0", "Call Trace:", " <TASK>",
-      " ? stale_frame+0x1/0x2", " _raw_spin_lock+0x29/0x30", " take_the_lock+0x12/0x40 [m]", " </TASK>"],
-     "BUG: soft lockup in take_the_lock"),
+      " ? stale_frame+0x1/0x2", " _raw_spin_lock+0x29/0x30", " take_the_lock+0x12/0x40 [m]",
+      " do_one_initcall+0x1/0x2", " kernel_init+0x1/0x2", " ret_from_fork+0x1/0x2", " </TASK>"],
+     "BUG: soft lockup in kernel_init"),
+    # A stall has no entry point in view: nothing names it.
+    (["watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [a:1]", "RIP: 0010:spin+0x1/0x2", "Call Trace:",
+      " <TASK>", " take_the_lock+0x12/0x40 [m]", " </TASK>"], "BUG: soft lockup in corrupted"),
 ])
 def test_titles(lines: list[str], title: str) -> None:
     assert primary(find_crashes(lines)) == find_crashes(lines)[0]
@@ -412,22 +519,23 @@ def test_one_physical_crash_is_one_crash() -> None:
                    "WARNING: CPU: 0 PID: 1 at lib/list_debug.c:30 __list_add_valid+0x7b/0xa0",
                    "RIP: 0010:__list_add_valid+0x7b/0xa0", "Call Trace:", " <TASK>", " ? __warn+0x7d/0xc0",
                    " add_thing+0x2c/0x50 [foo]", " </TASK>", "---[ end trace 0000000000000000 ]---"]
-    assert [(c.kind, c.title) for c in find_crashes(listcorrupt)] == [("list-corruption", "list_add corruption in add_thing")]
+    assert [(c.kind, c.title) for c in find_crashes(listcorrupt)] == [("warning", "WARNING in add_thing")]
     nx = ["kernel tried to execute NX-protected page - exploit attempt? (uid: 0)",
           "BUG: unable to handle page fault for address: ffff888003c1e000",
           "#PF: supervisor instruction fetch in kernel mode", "#PF: error_code(0x0011) - permissions violation",
           "Oops: 0011 [#1] PREEMPT SMP NOPTI", "RIP: 0010:0xffff888003c1e000", "Call Trace:", " <TASK>",
           " call_data+0x12/0x20", " </TASK>", "---[ end trace 0000000000000000 ]---"]
     (crash,) = find_crashes(nx)
-    assert (crash.kind, crash.title) == ("nx", "kernel tried to execute NX-protected page in call_data")
-    assert len(crash.report) == len(nx)
+    assert (crash.kind, crash.title) == ("page-fault", "BUG: unable to handle kernel paging request in call_data")
+    assert crash.report == tuple(nx[1:])
 
 
 def test_separate_crashes_stay_separate() -> None:
     two_oopses = ["Oops: 0000 [#1] SMP", "RIP: 0010:a_fn+0x1/0x2", "Call Trace:", " a_fn+0x1/0x2",
                   "Oops: 0000 [#2] SMP", "RIP: 0010:b_fn+0x1/0x2"]
     assert [c.title for c in find_crashes(two_oopses)] == ["Oops in a_fn", "Oops in b_fn"]
-    warn_then_oops = ["WARNING: CPU: 0 PID: 1 at a.c:1 f+0x1/0x2", "Call Trace:", "Oops: 0000 [#1] SMP",
+    warn_then_oops = ["WARNING: CPU: 0 PID: 1 at a.c:1 f+0x1/0x2", "RIP: 0010:f+0x1/0x2", "Call Trace:",
+                      "Oops: 0000 [#1] SMP",
                       "RIP: 0010:g+0x1/0x2"]
     assert [c.title for c in find_crashes(warn_then_oops)] == ["WARNING in f", "Oops in g"]
     bug_then_bug = ["BUG: kernel NULL pointer dereference, address: 0", "RIP: 0010:a_fn+0x1/0x2",
@@ -438,7 +546,7 @@ def test_separate_crashes_stay_separate() -> None:
 def test_repeated_watchdog_reports() -> None:
     def lockup(secs: int, func: str) -> list[str]:
         return [f"watchdog: BUG: soft lockup - CPU#0 stuck for {secs}s! [a:1]", f"RIP: 0010:{func}+0x4/0x10",
-                "Call Trace:", " </TASK>"]
+                "Call Trace:", " <TASK>", f" {func}+0x4/0x10", " kthread+0x1/0x2", " </TASK>"]
     same = lockup(22, "spin") + ["some line"] + lockup(48, "spin")
     assert [c.title for c in find_crashes(same)] == ["BUG: soft lockup in spin"]
     other = lockup(22, "spin") + lockup(22, "other")
@@ -449,11 +557,11 @@ def test_repeated_watchdog_reports() -> None:
 
 
 def test_report_extent() -> None:
-    lines = ["Kernel panic - not syncing: x"] + [f"line {n}" for n in range(300)]
-    lines[150] = "Kernel panic - not syncing: y"
+    lines = ["Kernel panic - not syncing: x"] + [f"line {n}" for n in range(MAX_REPORT_LINES * 2)]
+    lines[MAX_REPORT_LINES + 50] = "Kernel panic - not syncing: y"
     first, second = find_crashes(lines)
     assert len(first.report) == MAX_REPORT_LINES and not first.truncated
-    assert (second.line, second.title) == (151, "kernel panic: y")
+    assert (second.line, second.title) == (MAX_REPORT_LINES + 51, "kernel panic: y")
     ended = find_crashes(["WARNING: CPU: 0 PID: 1 at a.c:1 f+0x1/0x2", "---[ end trace 0 ]---", "after"])
     assert ended[0].report == ("WARNING: CPU: 0 PID: 1 at a.c:1 f+0x1/0x2", "---[ end trace 0 ]---")
     xen = find_crashes(["(XEN) Hardware Dom0 crashed: rebooting machine in 5 seconds.", "(XEN) more"])
@@ -484,7 +592,7 @@ def test_reset_crash() -> None:
 
 def test_primary() -> None:
     assert primary([]) is None
-    crashes = find_crashes(["WARNING: CPU: 0 PID: 1 at a.c:1 f+0x1/0x2", "---[ end trace 0 ]---",
+    crashes = find_crashes(["WARNING: CPU: 0 PID: 1 at a.c:1 f+0x1/0x2", "RIP: 0010:f+0x1/0x2", "---[ end trace 0 ]---",
                             "Kernel panic - not syncing: later"])
     assert [c.title for c in crashes] == ["WARNING in f", "kernel panic: later"]
     assert primary(crashes) is crashes[0]
@@ -496,7 +604,8 @@ def test_to_json() -> None:
     assert crash.to_json() == {"title": "kernel panic: x", "fatal": True, "line": 1,
                                "header": "Kernel panic - not syncing: x", "kind": "panic", "source": "linux",
                                "report": ["Kernel panic - not syncing: x", "Kernel Offset: disabled"],
-                               "truncated": False}
+                               "truncated": False, "corrupted": True,
+                               "corrupted_reason": "no stack trace in the report"}
     assert json.loads(json.dumps(crash.to_json())) == crash.to_json()
 
 

@@ -239,7 +239,7 @@ def test_oversized_pv_patch_shrinks_the_first_parainstructions_length(tmp_path: 
     assert r.symbols.format(write.address) == "__parainstructions+0x9"
     assert r.out.dumps == [(f"dump-1-{start:x}.bin", start, dump.data)]
     assert r.header["run"]["outcome"] == "panics"
-    assert "kernel BUG at arch/x86/kernel/alternative.c" in r.header["run"]["title"]
+    assert r.header["run"]["title"].startswith("kernel BUG ") and r.header["run"]["title"].endswith(" in apply_paravirt")
 
 
 def test_skip_pv_patching_returns_to_the_caller(tmp_path: Path) -> None:
