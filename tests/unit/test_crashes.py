@@ -1,7 +1,8 @@
 """Crash recognition: the console fixtures under tests/data/console, and the table row by row.
 
-Every fixture's TITLE/FATAL/CRASHES header is the expectation for find_crashes() on
-its log. ``PATCHSCOPE_UPDATE_FIXTURES=1 pytest tests/unit/test_crashes.py`` rewrites
+Every fixture's TITLE/FATAL/CRASHES/CORRUPTED header is the expectation for find_crashes() on
+its log (TITLE and CORRUPTED are the first crash's); FAMILY is the file's stem, one family a
+file, as ``bench/crash_titles.py`` counts them. ``PATCHSCOPE_UPDATE_FIXTURES=1 pytest tests/unit/test_crashes.py`` rewrites
 those headers from what the code produces instead (review the diff before committing).
 """
 
@@ -39,7 +40,8 @@ def expected_headers(crashes: list[Crash]) -> dict[str, str]:
     first = primary(crashes)
     return {"TITLE": first.title if first else "none",
             "FATAL": "Y" if any(c.fatal for c in crashes) else "N",
-            "CRASHES": str(len(crashes))}
+            "CRASHES": str(len(crashes)),
+            "CORRUPTED": "Y" if first is not None and first.corrupted else "N"}
 
 
 # --- The fixtures.
@@ -69,7 +71,8 @@ def test_fixture_set_is_complete() -> None:
     }
     assert recorded | synthetic <= names
     for f in FIXTURES:
-        assert set(f.headers) >= {"TITLE", "FATAL", "CRASHES", "SOURCE"}, f.name
+        assert set(f.headers) >= {"TITLE", "FATAL", "CRASHES", "CORRUPTED", "FAMILY", "SOURCE"}, f.name
+        assert f.headers["FAMILY"] == f.path.stem, f.name
         assert f.headers["FATAL"] in ("Y", "N"), f.name
         assert f.headers["SOURCE"].startswith("recorded") == (f.name in recorded), f.name
 
