@@ -174,20 +174,20 @@ def _judge_observation(expect: Expect, obs: Observation) -> list[str]:
                 reasons.append(f"crash at console line {crash.line}: {crash.title}"
                                + (" (fatal)" if crash.fatal else "")
                                + "; allow it with expect.allow_crashes if it is expected")
-    cleaned = [clean_line(ln) for ln in obs.lines]
+    # Lines are cleaned as each pattern reads them: a 200 MB console is not copied whole.
     for pattern in expect.console.contains:
-        if not any(pattern.search(ln) for ln in cleaned):
+        if _first(pattern, obs.lines) is None:
             reasons.append(f"no console line matches /{pattern.pattern}/")
     for pattern in expect.console.excludes:
-        hit = _first(pattern, cleaned)
+        hit = _first(pattern, obs.lines)
         if hit is not None:
             reasons.append(f"console line {hit + 1} matches excluded /{pattern.pattern}/: "
-                           f"{cleaned[hit][:160]}")
+                           f"{clean_line(obs.lines[hit])[:160]}")
     return reasons
 
 
-def _first(pattern: re.Pattern[str], lines: list[str]) -> int | None:
-    return next((i for i, ln in enumerate(lines) if pattern.search(ln)), None)
+def _first(pattern: re.Pattern[str], lines: Sequence[str]) -> int | None:
+    return next((i for i, ln in enumerate(lines) if pattern.search(clean_line(ln))), None)
 
 
 # --- module loads -----------------------------------------------------------------

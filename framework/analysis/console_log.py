@@ -9,11 +9,13 @@ console.log format, one guest line per line::
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Mapping, Sequence
+from array import array
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, overload
 
 MAX_LINE = 4096
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1a\x1c-\x1f\x7f]")
@@ -67,14 +69,21 @@ def parse_log(text: str) -> list[TimedLine]:
 
 
 def _timed(lines: list[str]) -> list[TimedLine]:
+    return _split_times(lines) if _is_timed(lines) else [(None, ln) for ln in lines]
+
+
+def _is_timed(lines: list[str]) -> bool:
+    """Whether a log is console.log's timed format: its first 20 non-empty lines all are."""
     timed = [_TIMED.match(ln) for ln in lines[:20] if ln.strip()]
-    if timed and all(timed):
-        out: list[TimedLine] = []
-        for ln in lines:
-            m = _TIMED.match(ln)
-            out.append((float(m.group(1)), m.group(2)) if m else (None, ln))
-        return out
-    return [(None, ln) for ln in lines]
+    return bool(timed) and all(timed)
+
+
+def _split_times(lines: list[str]) -> list[TimedLine]:
+    out: list[TimedLine] = []
+    for ln in lines:
+        m = _TIMED.match(ln)
+        out.append((float(m.group(1)), m.group(2)) if m else (None, ln))
+    return out
 
 
 @dataclass(frozen=True)
@@ -102,10 +111,123 @@ class Ending:
 
 
 
-def read_console_file(path: Path, chunk: int = 1 << 20) -> list[TimedLine]:
-    """``parse_log`` of a file, read a chunk at a time: the whole text is never held beside its lines (a 200 MB
-    log cost 4x its size). Lines split as ``str.splitlines`` splits them, across chunk ends too."""
-    lines: list[str] = []
+class ConsoleText(Sequence[str]):
+    """The text of a ``ConsoleLog``'s lines, read from it on demand (a view: nothing is copied)."""
+
+    def __init__(self, log: ConsoleLog) -> None:
+        self._log = log
+
+    def __len__(self) -> int:
+        return len(self._log)
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        if isinstance(index, slice):
+            return [self._log.text(i) for i in range(*index.indices(len(self)))]
+        return self._log.text(index)
+
+    def __iter__(self) -> Iterator[str]:
+        return self._log.iter_texts()
+
+    def __eq__(self, other: object) -> bool:
+        return _same(self, other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class ConsoleLog(Sequence[TimedLine]):
+    """A console log's lines kept compactly: the text of each chunk once (its lines joined), and per line where it
+    starts and its host time in arrays (16 bytes a line). A 200 MB log costs about its size, not several times it
+    as a list of line objects would. Lines and their texts are made when read."""
+
+    def __init__(self) -> None:
+        self._chunks: list[str] = []
+        self._chunk = array("I")        # per line: its chunk
+        self._start = array("I")        # per line: where it starts in its chunk
+        self._time = array("d")         # per line: host time, NaN for none
+
+    def extend(self, lines: Sequence[TimedLine]) -> None:
+        if not lines:
+            return
+        number, at = len(self._chunks), 0
+        for t, text in lines:
+            self._chunk.append(number)
+            self._start.append(at)
+            self._time.append(_NAN if t is None else t)
+            at += len(text) + 1
+        self._chunks.append("\n".join(text for _, text in lines) + "\n")
+
+    def text(self, index: int) -> str:
+        if index < 0:
+            index += len(self._start)
+            if index < 0:
+                raise IndexError("line index out of range")
+        start = self._start[index]
+        chunk = self._chunks[self._chunk[index]]
+        return chunk[start:chunk.index("\n", start)]
+
+    def iter_texts(self) -> Iterator[str]:
+        for chunk in self._chunks:
+            yield from chunk[:-1].split("\n")
+
+    def texts(self) -> ConsoleText:
+        return ConsoleText(self)
+
+    def __len__(self) -> int:
+        return len(self._start)
+
+    @overload
+    def __getitem__(self, index: int) -> TimedLine: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[TimedLine]: ...
+
+    def __getitem__(self, index: int | slice) -> TimedLine | list[TimedLine]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        text = self.text(index)
+        t = self._time[index]
+        return (None if math.isnan(t) else t, text)
+
+    def __iter__(self) -> Iterator[TimedLine]:
+        return ((None if math.isnan(t) else t, text) for t, text in zip(self._time, self.iter_texts()))
+
+    def __eq__(self, other: object) -> bool:
+        return _same(self, other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def _same(seq: Sequence[object], other: object) -> bool:
+    """Equal to any sequence of the same items, as a list would be."""
+    return isinstance(other, Sequence) and len(other) == len(seq) and all(a == b for a, b in zip(seq, other))
+
+
+_NAN = float("nan")
+
+
+def read_console_file(path: Path, chunk: int = 1 << 20) -> ConsoleLog:
+    """``parse_log`` of a file, read a chunk at a time into a ``ConsoleLog``: neither the whole text nor a list of
+    its lines is ever held (a 200 MB log cost 4x its size as lines). Lines split as ``str.splitlines`` splits them,
+    across chunk ends too; the log is timed when its first 20 non-empty lines are, as ``parse_log`` decides."""
+    log = ConsoleLog()
+    pending: list[str] = []             # lines read before the log's kind (timed or plain) is known
+    timed: bool | None = None
+
+    def add(lines: list[str]) -> None:
+        nonlocal timed, pending
+        if timed is None:
+            pending += lines
+            if sum(1 for ln in pending if ln.strip()) < 20:
+                return
+            timed, lines, pending = _is_timed(pending), pending, []
+        log.extend(_split_times(lines) if timed else [(None, ln) for ln in lines])
+
     with open(path, encoding="utf-8", errors="replace", newline="") as fh:
         carry = ""
         while True:
@@ -116,11 +238,16 @@ def read_console_file(path: Path, chunk: int = 1 << 20) -> list[TimedLine]:
             # the last line may go on in the next chunk (no line break after it yet, or a "\r" whose "\n" is next)
             last = parts[-1]
             carry = "" if last.splitlines()[0] != last and not last.endswith("\r") else parts.pop()
-            lines += [part.splitlines()[0] for part in parts]
+            add([part.splitlines()[0] for part in parts])
         if carry:
-            lines += carry.splitlines()
-    return _timed(lines)
+            add(carry.splitlines())
+    if timed is None:
+        log.extend(_timed(pending))
+    return log
 
 
-def texts(lines: Sequence[TimedLine]) -> list[str]:
+def texts(lines: Sequence[TimedLine]) -> Sequence[str]:
+    """The text of each line: a view of a ``ConsoleLog`` (no copy), else a list."""
+    if isinstance(lines, ConsoleLog):
+        return lines.texts()
     return [text for _, text in lines]

@@ -225,9 +225,11 @@ def _xen(kind: str, keyword: str, header: str, title: str, *, fatal: bool = Fals
                 message_next=message_next)
 
 
-def _warn(kind: str, keyword: str, where: str, title: str, skip: str = "") -> CrashPattern:
-    """A WARN() whose header names a file and function that say what kind of bug it is."""
-    return _row(kind, keyword, r"WARNING: .*" + where, title, frames=_RS, skip=skip)
+def _warn(keyword: str, file: str, func: str, title: str, skip: str = "") -> CrashPattern:
+    """A WARN() whose header's file and function say what kind of bug it is (the newest header may name only the
+    file: ``WARNING: lib/refcount.c:19 at 0x0, CPU#1: …``)."""
+    return _row("warning", keyword, r"WARNING: .*" + file + r"(?:.* " + func + r"|:\d+ at 0x[0-9a-f]+\b)", title,
+                frames=_RS, skip=skip, chain="warn", stage=0)
 
 
 _RS: tuple[FrameSource, ...] = ("rip", "stack")
@@ -254,8 +256,10 @@ PATTERNS: tuple[CrashPattern, ...] = (
          "kernel panic: Attempted to kill init!", fatal=True),
     _row("panic", "Couldn't open N_TTY ldisc", r"Kernel panic - not syncing: Couldn't open N_TTY ldisc",
          "kernel panic: Couldn't open N_TTY ldisc", fatal=True),
+    _row("panic", "panic_on_warn set", r"Kernel panic - not syncing: (?P<msg>panic_on_warn set)",
+         "kernel panic: {msg}", fatal=True, corrupted=_LOST_START, chain="warn", stage=1),
     _row("panic", "Kernel panic - not syncing",
-         r"Kernel panic - not syncing: (?P<msg>Fatal exception|panic_on_warn set|hung_task: blocked tasks)",
+         r"Kernel panic - not syncing: (?P<msg>Fatal exception|hung_task: blocked tasks)",
          "kernel panic: {msg}", fatal=True, corrupted=_LOST_START),
     _row("panic", "Kernel panic - not syncing",
          r"Kernel panic - not syncing: ?(?P<msg>.*)", "kernel panic: {msg}", fatal=True),
@@ -387,27 +391,25 @@ PATTERNS: tuple[CrashPattern, ...] = (
          frames=_RS, chain="die", stage=2),
 
     # --- WARN(): kinds of bug told apart by the file and function in the header, then any.
-    _warn("warning", "lib/debugobjects.c", r"lib/debugobjects\.c.* (?:debug_print|debug_check)",
+    _warn("lib/debugobjects.c", r"lib/debugobjects\.c", "(?:debug_print|debug_check)",
           "WARNING: ODEBUG bug in {frame}",
           skip="debug_|rcu|hrtimer_|timer_|work_|percpu_|vunmap|vfree|__free_|debug_check|kobject_"),
-    _warn("warning", "mm/usercopy.c", r"mm/usercopy\.c.* usercopy_warn", "WARNING: bad usercopy in {frame}",
+    _warn("mm/usercopy.c", r"mm/usercopy\.c", "usercopy_warn", "WARNING: bad usercopy in {frame}",
           skip="usercopy|__check"),
-    _warn("warning", "lib/kobject.c", r"lib/kobject\.c.* kobject_", "WARNING: kobject bug in {frame}",
-          skip="kobject_"),
-    _warn("warning", "fs/proc/generic.c", r"fs/proc/generic\.c.* proc_register",
-          "WARNING: proc registration bug in {frame}", skip="proc_"),
-    _warn("warning", "lib/refcount.c", r"lib/refcount\.c.* refcount_", "WARNING: refcount bug in {frame}",
+    _warn("lib/kobject.c", r"lib/kobject\.c", "kobject_", "WARNING: kobject bug in {frame}", skip="kobject_"),
+    _warn("fs/proc/generic.c", r"fs/proc/generic\.c", "proc_register", "WARNING: proc registration bug in {frame}",
+          skip="proc_"),
+    _warn("lib/refcount.c", r"lib/refcount\.c", "refcount_", "WARNING: refcount bug in {frame}",
           skip="refcount|kobject_"),
-    _warn("warning", "kernel/locking/lockdep.c", r"kernel/locking/lockdep\.c.*lock_",
-          "WARNING: locking bug in {frame}", skip="lock_sock|release_sock"),
-    _warn("warning", "mm/vmalloc.c", r"mm/vmalloc\.c.*__vmalloc_node", "WARNING: zero-size vmalloc in {frame}"),
-    _warn("warning", "malloc", r"mm/.*\.c.* k?.?malloc", "WARNING: kmalloc bug in {frame}",
-          skip="kmalloc|krealloc|slab|kmem"),
+    _warn("kernel/locking/lockdep.c", r"kernel/locking/lockdep\.c", "(?:.*)lock_", "WARNING: locking bug in {frame}",
+          skip="lock_sock|release_sock"),
+    _warn("mm/vmalloc.c", r"mm/vmalloc\.c", "(?:.*)__vmalloc_node", "WARNING: zero-size vmalloc in {frame}"),
+    _warn("malloc", r"mm/.*\.c", "k?.?malloc", "WARNING: kmalloc bug in {frame}", skip="kmalloc|krealloc|slab|kmem"),
     _row("warning", "WARNING: ",
          r"WARNING: (?:CPU: \d+ PID: \d+ at (?:[^\s:]+:\d+ )?(?:" + _SYM + r"\+0x)?"
          r"|at [^\s:]+:\d+ (?:" + _SYM.replace("func", "func2") + r"(?:\+0x[0-9a-f]+/0x[0-9a-f]+)?\(\))?"
          r"|(?:\[.*\] )?[^\s:\[]+:\d+ at (?:" + _SYM.replace("func", "func3") + r"\+0x)?)",
-         "WARNING in {frame}", frames=_RS),
+         "WARNING in {frame}", frames=_RS, chain="warn", stage=0),
 
     _row("netdev", "unregister_netdevice: waiting for",
          r"unregister_netdevice: waiting for .* to become free",

@@ -85,7 +85,8 @@ INFRASTRUCTURE: tuple[str, ...] = (
     "spin_lock", "spin_trylock", "spin_unlock", "read_lock", "read_trylock", "write_lock", "write_trylock",
     "read_unlock", "write_unlock", "^down$", "down_read", "down_write", "down_read_trylock",
     "down_write_trylock", "down_trylock", "up_read", "up_write", "^mutex_", "^__mutex_", "^rt_mutex_",
-    "owner_on_cpu", "osq_lock", "osq_unlock", "(trace|lockdep)_(hard|soft)irq", "^(un)?lock_page",
+    "owner_on_cpu", "osq_lock", "osq_unlock", "(trace|lockdep)_(hard|soft)irq",
+    "^(un)?lock_page", "^folio_(un)?lock",
     # atomics, bits, reference counts
     "atomic(64)?_(dec|inc|read|set|or|xor|and|add|sub|fetch|xchg|cmpxchg|try)", "(set|clear|change|test)_bit",
     "__wake_up", "^refcount_", "^kref_", "ref_tracker", "seqprop_assert",
@@ -259,18 +260,20 @@ def _rip(report: Sequence[str], start: int) -> list[str]:
 
 def _frames_after(report: Sequence[str], start: int | None, contiguous: bool = False) -> Iterator[str]:
     """Reliable frames after the keyword line ``start``, past lines that are not frames (register dumps
-    inside a trace, markers), up to the end of the trace. ``contiguous``: from line ``start`` itself, up to
-    the first line that is not a frame."""
+    inside a trace, markers), up to the end of the trace. ``contiguous``: from line ``start`` itself, the first
+    run of frames only (KFENCE's and KMSAN's access stack, not the allocation stacks after it)."""
     if start is None:
         return
+    seen = False
     for line in report[start:] if contiguous else report[start + 1:]:
         if _STOP.search(line):
             return
         m = FRAME.match(line)
         if m is None:
-            if contiguous and line.strip():
+            if contiguous and seen:
                 return
             continue
+        seen = True
         if not m.group("unreliable"):
             yield norm(m.group("func"))
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from ..domain import ObservedOutcome
 from . import crashes, stages
-from .console_log import Ending, TimedLine, texts
+from .console_log import ConsoleText, Ending, TimedLine, texts
 from .crashes import Crash
 from .stages import Stage
 
@@ -30,7 +30,7 @@ class Observation:
     ending: Ending
     last_stage: str
     summary: str                  # one line for humans
-    lines: tuple[str, ...]        # console text, without host times
+    lines: Sequence[str]          # console text, without host times (a view of a ConsoleLog read from a file)
     crashes_dropped: int = 0      # crashes past crashes.MAX_DISTINCT, only counted
 
     @property
@@ -52,7 +52,8 @@ class Observation:
                            if isinstance(crashes_, list) else (),
                            tuple(Stage.from_json(s) for s in stages_ if isinstance(s, dict))
                            if isinstance(stages_, list) else (),
-                           Ending.from_json(ending), str(data["last_stage"]), str(data["summary"]), tuple(lines),
+                           Ending.from_json(ending), str(data["last_stage"]), str(data["summary"]),
+                           lines if isinstance(lines, ConsoleText) else tuple(lines),
                            int(str(data.get("crashes_dropped", 0))))
 
     def to_json(self) -> dict[str, object]:
@@ -117,4 +118,5 @@ def observe(lines: Sequence[TimedLine], ending: Ending) -> Observation:
         outcome = "unknown"
         summary = (f"the log ends after '{last}' with no power-off, panic or hang in it (cut short?)"
                    if ending.reason == "log-end" else f"ended ({ending.reason}) after '{last}' with no outcome")
-    return Observation(outcome, tuple(found), tuple(reached), ending, last, summary, tuple(text), dropped)
+    return Observation(outcome, tuple(found), tuple(reached), ending, last, summary,
+                       text if isinstance(text, ConsoleText) else tuple(text), dropped)

@@ -276,6 +276,7 @@ SAMPLES: list[tuple[str, str, bool]] = [
     ("Kernel panic - not syncing: Attempted to kill init! exitcode=0x0000000b", "panic", True),
     ("Kernel panic - not syncing: Couldn't open N_TTY ldisc for ptm0 --- error -12.", "panic", True),
     ("Kernel panic - not syncing: Fatal exception in interrupt", "panic", True),
+    ("Kernel panic - not syncing: panic_on_warn set ...", "panic", True),
     ("BUG: KASAN: double-free in kfree+0x8f/0x1d0", "kasan", False),
     ("BUG: KASAN: slab-out-of-bounds on address ffff88000c00c0c0", "kasan", False),
     ("BUG: KMSAN: uninit-value in ps_read+0x1/0x2", "kmsan", False),
@@ -430,6 +431,13 @@ def test_find_crashes_never_raises_on_junk() -> None:
     (["WARNING: kernel/foo.c:123 at bar+0x3c/0x60, CPU#0: swapper/0/1"], "WARNING in corrupted"),
     (["IP: [<ffffffff8148e81d>] ps_old_ip+0x2bd/0x3410", "BUG: unable to handle kernel NULL pointer dereference"][::-1],
      "BUG: unable to handle kernel NULL pointer dereference in ps_old_ip"),
+    (["WARNING: lib/refcount.c:19 at 0x0, CPU#1: a/1", "RIP: 0010:refcount_warn_saturate+0xc5/0x110",
+      "Call Trace:", " <TASK>", " __refcount_add+0x1/0x2", " ps_vma_get+0x1/0x2", " </TASK>"],
+     "WARNING: refcount bug in ps_vma_get"),
+    (["BUG: KFENCE: use-after-free read in memcmp+0x57/0x150", "",
+      "Use-after-free read at 0xffff88823bc8cf68 (in kfence-#69):", " memcmp+0x57/0x150", " ps_find+0x57/0x150",
+      "", "kfence-#69 [0xffff88823bc8ce00-0xffff88823bc8cfa7, size=424, cache=kmalloc-512] allocated by task 1",
+      " ps_alloc+0x19c/0x850"], "KFENCE: use-after-free in ps_find"),
     (["unreferenced object 0xffff880039a55260 (size 64):", "  backtrace:",
       "    [<ffffffff848a2f5f>] sock_kmalloc+0x7f/0xc0", "    [<ffffffff84e5bea0>] ps_leaky.isra.7+0x15d0/0x2830"],
      "memory leak in ps_leaky"),
@@ -523,6 +531,12 @@ def test_one_physical_crash_is_one_crash() -> None:
                    "RIP: 0010:__list_add_valid+0x7b/0xa0", "Call Trace:", " <TASK>", " ? __warn+0x7d/0xc0",
                    " add_thing+0x2c/0x50 [foo]", " </TASK>", "---[ end trace 0000000000000000 ]---"]
     assert [(c.kind, c.title) for c in find_crashes(listcorrupt)] == [("warning", "WARNING in add_thing")]
+    # panic_on_warn: the panic is the warning's own end, and makes it fatal.
+    on_warn = ["WARNING: CPU: 0 PID: 1 at kernel/workqueue.c:2911 __flush_work+0x740/0x880",
+               "Kernel panic - not syncing: panic_on_warn set ...", "Call Trace:", " __flush_work+0x1/0x2",
+               " ps_sync_queue+0x1/0x2", "RIP: 0010:__flush_work+0x740/0x880", "Kernel Offset: disabled"]
+    (crash,) = find_crashes(on_warn)
+    assert (crash.title, crash.fatal, crash.corrupted) == ("WARNING in ps_sync_queue", True, False)
     nx = ["kernel tried to execute NX-protected page - exploit attempt? (uid: 0)",
           "BUG: unable to handle page fault for address: ffff888003c1e000",
           "#PF: supervisor instruction fetch in kernel mode", "#PF: error_code(0x0011) - permissions violation",

@@ -32,7 +32,7 @@ from tests.conftest import REPO
 
 RUNS = REPO / "tests" / "data" / "runs"
 K1, K2 = "debian-6.1", "debian-newest"
-VFS = "kernel panic: VFS: Unable to mount root fs on unknown-block(0,0)"
+VFS = "kernel panic: VFS: Unable to mount root fs on unknown-block(NUM,NUM)"
 SYSRQ = "kernel panic: sysrq triggered crash"
 HOSTILE = ['<script>alert(1)</script>', '"><img src=x onerror=alert(2)>', "'><marquee>x</marquee>&amp;"]
 
@@ -240,7 +240,7 @@ def test_a_later_larger_group_comes_before_an_earlier_smaller_one() -> None:
              cell("g-boot", K1, "native", "pass", recorded("boot-native-native"))]
     groups = grid(matrix(cells)).find("section", id="failures").find_all("li", class_="group")
     assert [(g.attrs["data-size"], g.find(class_="group-title").text) for g in groups] == [
-        ("3", VFS), ("2", "kernel BUG at arch/x86/kernel/alternative.c in apply_paravirt"), ("1", SYSRQ)]
+        ("3", VFS), ("2", "kernel BUG in apply_paravirt"), ("1", SYSRQ)]
 
 
 def test_reasons_of_each_troubled_cell_under_its_own_id() -> None:

@@ -26,7 +26,7 @@ from tests.conftest import REPO
 RUNS = REPO / "tests" / "data" / "runs"
 SCREENSHOT = REPO / "patchscope-out" / "screenshots" / "matrix-page.png"
 KERNEL = "debian-6.1"
-VFS = "kernel panic: VFS: Unable to mount root fs on unknown-block(0,0)"
+VFS = "kernel panic: VFS: Unable to mount root fs on unknown-block(NUM,NUM)"
 HOSTILE = '<script>document.title="owned"</script>"><img src=x onerror=alert(1)>'
 # The page's colours of a passing and a failing cell (framework/matrix/html.py's CSS).
 PASS_RGB, FAIL_RGB = (0xC8, 0xEE, 0xC8), (0xF5, 0xA3, 0xA3)
