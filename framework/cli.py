@@ -338,7 +338,9 @@ def _print_observation(out: dict[str, Any]) -> None:
         t = f"{stage['t']:7.1f} s" if stage.get("t") is not None else f"line {stage['line']:>5}"
         print(f"  stage  {t}  {stage['label']}")
     for crash in out["crashes"]:
-        print(f"  crash  line {crash['line']:>5}  {crash['title']}{'  (fatal)' if crash['fatal'] else ''}")
+        notes = [*(["fatal"] if crash["fatal"] else []),
+                 *([f"corrupted: {crash.get('corrupted_reason', '')}"] if crash.get("corrupted") else [])]
+        print(f"  crash  line {crash['line']:>5}  {crash['title']}" + (f"  ({'; '.join(notes)})" if notes else ""))
     if "verdict" in out:
         print(f"  verdict {out['verdict'].upper()}")
         for reason in out.get("reasons") or []:

@@ -48,11 +48,14 @@ Xen titles, which syzkaller has none of, start with ``xen: ``; a domain is named
 Corrupted reports
 -----------------
 ``Crash.corrupted`` says a report cannot be trusted to name its bug, and
-``corrupted_reason`` why: the log ended inside it (``truncated``), another
-message's timestamp is inside its header line (interleaved output), it should
-carry a stack and has none, no function could be chosen, or its header is the
-tail of a crash whose start was lost (``Kernel panic - not syncing: Fatal
-exception`` alone, ``BUG: unable to handle`` cut short).
+``corrupted_reason`` why: another message's timestamp is inside its header line
+(interleaved output), its header is the tail of a crash whose start was lost
+(``Kernel panic - not syncing: Fatal exception`` alone, ``BUG: unable to
+handle`` cut short), or, for a kind whose title needs the report's body (a
+function, KASAN's access), the log ended inside it (``truncated``), it has no
+stack, or no function could be chosen. A panic whose header names it is not
+corrupted for lacking a stack: after an Oops the kernel prints none, and a run
+ends at the panic line.
 
 One crash, several headers
 --------------------------
@@ -702,6 +705,8 @@ def _corrupted(row: CrashPattern, name: _Named, header: str, report: Sequence[st
         return row.corrupted
     if _EMBEDDED_TIMESTAMP.search(header):
         return "another message's timestamp is inside the header line (interleaved output)"
+    if not row.frames and "{access}" not in row.title:
+        return ""                       # the header alone names it: what follows cannot make it wrong
     if truncated:
         return "the log ends inside the report"
     if name.missing_access:

@@ -1,8 +1,8 @@
 """A failure's signature: what exactly failed, without what varies from kernel to kernel. Pure.
 
 A run that fails is reduced to facets, one per reason the verdict gave, each with
-the numbers, addresses and site listings taken out: ``crash: kernel BUG at
-arch/x86/kernel/alternative.c in apply_paravirt``, ``sites: expect.sites (line 21)
+the numbers, addresses and site listings taken out: ``crash: kernel BUG in
+apply_paravirt``, ``sites: expect.sites (line 21)
 table=paravirt: count``, ``console: no line matches /…/``, ``module: kvm failed to load:
 insmod: can't insert '/lib/modules/kvm.ko': Unknown symbol in module``. The bisect records the
 bad end's facets as *the* signature; a later run is bad only when its facets hold

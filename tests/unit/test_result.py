@@ -190,3 +190,13 @@ def test_an_index_with_whole_site_findings_loads_too(tmp_path: Path) -> None:
     index["captures"] = {name: c.to_json(with_sites=False) for name, c in written.analysis.comparisons.items()}
     (tmp_path / "sites.json").write_text(json.dumps(index))
     assert load_result(tmp_path) == written
+
+
+def test_check_says_which_crashes_are_corrupted_and_why(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = tmp_path / "cut.log"
+    log.write_text("[    1.0] Linux version 6.1.0\n"
+                   "[    2.0] BUG: kernel NULL pointer dereference, address: 0000000000000008\n")
+    assert cli_main(["check", str(log)]) == 0
+    out = capsys.readouterr().out
+    assert ("  crash  line     2  BUG: unable to handle kernel NULL pointer dereference in corrupted"
+            "  (corrupted: the log ends inside the report)") in out.splitlines()
