@@ -15,26 +15,19 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .analysis.sites import Oversize, SiteState, TextChange
-from .analysis.trace import Event
-from .build.kbuild import build_info
-from .config import Config, default_config, load_config, with_overrides
 from .domain import ACCELS, DEFAULT_KERNEL, MODES, TABLES, VerdictName
 from .errors import InputError, PatchscopeError
-from .kernel import xen
-from .kernel.fetch import note_stderr
-from .kernel.image import Kernel, cached_kernels, prepare_kernel
-from .kernel.refs import BuildRef, DebianRef, list_recipes, parse_ref
-from .kernel.xen import XEN_PACKAGE_PREFIX
-from .observe.inspection import load_tables
-from .pipeline import RunRequest, applicability, artifacts_dir, check, check_mode, execute, resolve_references
-from .report.artefacts import sites_file
-from .report.junit import junit
-from .report.result import RunResult
-from .report.text import reason_lines, summary_line
+
+# Each command imports what it uses when it runs: ``patchscope check LOG`` does not load the debugger, the ELF
+# readers, the disassembler or the config schema (tests/unit/test_cli_startup.py keeps it so).
+if TYPE_CHECKING:
+    from .analysis.sites import Oversize, SiteState, TextChange
+    from .config import Config
+    from .kernel.image import Kernel
+    from .report.result import RunResult
 
 EXIT_PASS, EXIT_FAIL, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_ARTIFACTS = Path("patchscope-out")
@@ -44,7 +37,18 @@ def _quiet(_: str) -> None:
     pass
 
 
-def build_parser() -> argparse.ArgumentParser:
+# This module's commands, and those whose parsers live with their own (heavier) modules, imported only when the
+# command is theirs.
+_OWN = {"run", "validate", "check", "boot", "sites", "trace", "kernels"}
+_ELSEWHERE = {"matrix": "matrix", "report": "matrix", "orc": "orc", "build": "build", "bisect": "bisect"}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line, or (``command``: the command given) all of it but other modules' commands, which
+    are then not imported: ``patchscope check LOG`` starts without the matrix, bisect, build or ORC code."""
+    def wanted(group: str) -> bool:
+        return command is None or _ELSEWHERE.get(command) == group
+
     p = argparse.ArgumentParser(prog="patchscope", description=(
         "Boot real x86-64 kernels in QEMU and judge each run against a YAML expectation."))
     p.add_argument("--version", action="version", version=f"patchscope {__version__}")
@@ -129,14 +133,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="rsp: speak the remote protocol to QEMU's gdbstub (default; a stop costs ~2.5x less than through GDB); "
                             "gdb: through GDB/MI")
 
-    from .matrix.commands import add_parsers
-    add_parsers(sub)
-    from .observe.orc_commands import add_parser as add_orc_parser
-    add_orc_parser(sub, DEFAULT_ARTIFACTS)
-    from .build.commands import add_parser as add_build_parser
-    add_build_parser(sub)
-    from .bisect.commands import add_parsers as add_bisect_parsers
-    add_bisect_parsers(sub)
+    if wanted("matrix"):
+        from .matrix.commands import add_parsers
+        add_parsers(sub)
+    if wanted("orc"):
+        from .observe.orc_commands import add_parser as add_orc_parser
+        add_orc_parser(sub, DEFAULT_ARTIFACTS)
+    if wanted("build"):
+        from .build.commands import add_parser as add_build_parser
+        add_build_parser(sub)
+    if wanted("bisect"):
+        from .bisect.commands import add_parsers as add_bisect_parsers
+        add_bisect_parsers(sub)
 
     kernels = sub.add_parser("kernels", help="list or fetch kernels")
     ksub = kernels.add_subparsers(dest="kcommand", required=True, metavar="ACTION")
@@ -161,7 +169,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     if words[:1] == ["bisect-step"]:
         return _bisect_step(words)
-    args = build_parser().parse_args(argv)
+    first = next((w for w in words if not w.startswith("-")), None)
+    known = first in _OWN or first in _ELSEWHERE
+    if first is not None and {"-h", "--help"} & set(words[:words.index(first)]):
+        known = False
+    args = build_parser(first if known else None).parse_args(words)
     try:
         with _interruptible():
             return _dispatch(args)
@@ -247,6 +259,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from .config import load_config, with_overrides
+    from .kernel.fetch import note_stderr
     from .validation import validate_all
     loaded: list[tuple[Path, Config | InputError]] = []
     for path in args.configs:
@@ -259,6 +273,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .checking import check_mode
+    from .config import load_config, with_overrides
+    from .kernel.fetch import note_stderr
+    from .pipeline import RunRequest, applicability, artifacts_dir, execute, resolve_references
+    from .report.junit import junit
+    from .report.text import reason_lines, summary_line
     note = _quiet if args.quiet else note_stderr
     # Every config is validated before anything boots.
     configs: list[Config] = [
@@ -305,6 +325,7 @@ def _exit_code(verdicts: Iterable[VerdictName]) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from .checking import check, check_mode
     path: Path = args.path
     if not path.exists():
         raise PatchscopeError(f"{path}: no such file or directory")
@@ -313,7 +334,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         targets = sorted(d for d in path.iterdir() if (d / "console.log").exists())
         if not targets:
             raise PatchscopeError(f"{path}: no console.log here or in its subdirectories")
-    cfg = load_config(args.expect) if args.expect else None
+    cfg = None
+    if args.expect:
+        from .config import load_config
+        cfg = load_config(args.expect)
     verdicts: list[VerdictName] = []
     for target in targets:
         checked = check(target, cfg, check_mode(args.mode) if args.mode else None)
@@ -348,6 +372,10 @@ def _print_observation(out: dict[str, Any]) -> None:
 
 
 def cmd_boot(args: argparse.Namespace) -> int:
+    from .checking import check_mode
+    from .config import default_config
+    from .kernel.fetch import note_stderr
+    from .pipeline import RunRequest, artifacts_dir, execute
     # An interactive boot is not judged; without patchscope's /init nothing can
     # print the success marker, so it is not expected either.
     expect = {"outcome": "hangs"} if args.initramfs == "none" else None
@@ -367,6 +395,14 @@ def cmd_boot(args: argparse.Namespace) -> int:
 
 
 def cmd_sites(args: argparse.Namespace) -> int:
+    from .checking import check_mode
+    from .config import default_config
+    from .kernel.fetch import note_stderr
+    from .kernel.image import prepare_kernel
+    from .kernel.refs import parse_ref
+    from .pipeline import RunRequest, artifacts_dir, execute
+    from .report.artefacts import sites_file
+    from .report.text import reason_lines
     tables = tuple(args.table) if args.table else TABLES
     if args.module and not args.live:
         raise InputError("sites --module needs --live: a module's sites are compared where the kernel loaded it")
@@ -405,6 +441,7 @@ def cmd_sites(args: argparse.Namespace) -> int:
 
 
 def _finding(item: SiteState | Oversize | TextChange) -> str:
+    from .analysis.sites import Oversize, TextChange
     if isinstance(item, TextChange):
         return f"{item.symbol} {item.start:#x} {item.before.hex()} -> {item.after.hex()}"
     st = item.state if isinstance(item, Oversize) else item
@@ -412,6 +449,12 @@ def _finding(item: SiteState | Oversize | TextChange) -> str:
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
+    from .analysis.trace import Event
+    from .checking import check_mode
+    from .config import default_config
+    from .kernel.fetch import note_stderr
+    from .pipeline import RunRequest, artifacts_dir, execute
+    from .report.text import reason_lines
     if args.modules_only and not args.module:
         raise InputError("trace --modules-only needs the modules to load: --module NAME (repeatable)")
     cfg = default_config("trace", kernel=args.kernel, modes=(args.mode,), cmdline=tuple(args.cmdline),
@@ -459,6 +502,8 @@ def _print_counts(counts: dict[str, dict[str, int]]) -> None:
 
 
 def _static_sites(kernel: Kernel, tables: tuple[str, ...], as_json: bool) -> int:
+    from .kernel.fetch import note_stderr
+    from .observe.inspection import load_tables
     vmlinux, _, sites = load_tables(kernel, _quiet if as_json else note_stderr)
     if as_json:
         for table in tables:
@@ -484,6 +529,11 @@ def _static_sites(kernel: Kernel, tables: tuple[str, ...], as_json: bool) -> int
 
 
 def cmd_kernels(args: argparse.Namespace) -> int:
+    from .build.kbuild import build_info
+    from .kernel import xen
+    from .kernel.fetch import note_stderr
+    from .kernel.image import cached_kernels, prepare_kernel
+    from .kernel.refs import BuildRef, DebianRef, list_recipes, parse_ref
     if args.kcommand == "list":
         print("recipes (kernels/):")
         for name in list_recipes():
@@ -499,7 +549,7 @@ def cmd_kernels(args: argparse.Namespace) -> int:
             print(f"  {entry.name:<48} symbols: {meta.get('symbol_source')}{origin}")
         return EXIT_PASS
     ref = parse_ref(args.ref)
-    if isinstance(ref, DebianRef) and ref.package.startswith(XEN_PACKAGE_PREFIX):
+    if isinstance(ref, DebianRef) and ref.package.startswith(xen.XEN_PACKAGE_PREFIX):
         print(json.dumps(xen.prepare_hypervisor(ref, note_stderr).identity(), indent=2))
     else:
         print(json.dumps(prepare_kernel(ref, note_stderr).identity(), indent=2))

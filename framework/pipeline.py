@@ -32,12 +32,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from . import __version__
-from .analysis.console_log import Ending, LineSplitter, TimedLine, format_line, read_console_file
+from .analysis.console_log import Ending, LineSplitter, TimedLine, format_line
 from .analysis.findings import Analysis
 from .analysis.observation import Observation, observe
 from .analysis.stages import match_stage
+from .checking import check_mode
 from .config import Config, Inspect, to_yaml_dict
-from .domain import MODES, Accel, DebuggerKind, Mode, Note
+from .domain import Accel, DebuggerKind, Mode, Note
 from .elf.vmlinux import Symbols, Vmlinux, upstream_version
 from .errors import ConfigError, InputError, KernelRefError, LaunchError, PatchscopeError, UnsupportedError
 from .guest import initramfs
@@ -49,9 +50,8 @@ from .kernel.refs import DebianRef, KernelRef, list_recipes, parse_ref
 from .observe.console import ConsoleThread
 from .observe.debug import DebugSession
 from .observe.inspection import Inspection
-from .report.artefacts import load_analysis
-from .report.result import QemuRun, RunResult, load_result, write_result
-from .verdict import Verdict, could_not_run, judge
+from .report.result import QemuRun, RunResult, write_result
+from .verdict import could_not_run, judge
 from .vm import machine
 from .vm.qemu import Qemu, private_socket_dir, probe_kvm
 
@@ -86,14 +86,6 @@ def resolve_accel(accel: Accel, kernel: Path, note: Note) -> tuple[Literal["tcg"
         _accel_cache[kernel] = ("kvm", why) if usable else ("tcg", f"KVM unusable ({why}); using TCG")
         note(_accel_cache[kernel][1])
     return _accel_cache[kernel]
-
-
-def check_mode(mode: str) -> Mode:
-    """``mode`` as a Mode, or an error naming the ones there are."""
-    for known in MODES:
-        if mode == known:
-            return known
-    raise UnsupportedError(f"mode {mode!r} is not supported yet; supported: {', '.join(MODES)}")
 
 
 def prepare(config: Config, note: Note) -> Kernel:
@@ -466,38 +458,3 @@ def _interactive(vm: Qemu, log: Any) -> tuple[list[TimedLine], Ending]:
                          None if alive else vm.exitcode)
 
 
-@dataclass(frozen=True)
-class Checked:
-    """A saved run (or any console log) re-judged: the same stages as a live run after the boot."""
-
-    path: Path
-    observation: Observation
-    saved: RunResult | None            # the run's own result, when ``path`` is an artefacts directory
-    verdict: Verdict | None            # against the given config, when there is one
-
-
-def check(path: Path, config: Config | None, mode: Mode | None = None) -> Checked:
-    """Observe a saved console log again and, with a config, judge it with the run's saved analysis.
-
-    ``mode`` picks the config's ``expect.<mode>`` section; by default the saved run's mode.
-    """
-    saved: RunResult | None = None
-    analysis: Analysis | None = None
-    if path.is_dir():
-        log = path / "console.log"
-        if not log.exists():
-            raise UnsupportedError(f"{path}: no console.log here; give a run's artefacts directory "
-                                   "(e.g. patchscope-out/<name>/<mode>) or a console log file")
-        saved = load_result(path)
-        analysis = saved.analysis if saved is not None else load_analysis(path)
-    else:
-        log = path
-    lines = read_console_file(log)
-    if saved is not None and saved.observation is not None:
-        ending = saved.observation.ending
-    else:
-        ending = Ending("log-end", next((t for t, _ in reversed(lines) if t is not None), 0.0))
-    observation = observe(lines, ending)
-    mode = mode or (saved.mode if saved is not None else None)
-    verdict = judge(config, observation, analysis, mode) if config is not None else None
-    return Checked(path, observation, saved, verdict)

@@ -25,12 +25,13 @@ from typing import Any
 
 import pytest
 
+from .checking import check_mode
 from .config import Config, load_config, with_overrides
 from .domain import ACCELS, MODES
 from .errors import ConfigError, KernelRefError, PatchscopeError
 from .kernel.fetch import safe_key
 from .kernel.refs import parse_ref
-from .pipeline import RunRequest, applicability, artifacts_dir, check_mode, execute
+from .pipeline import RunRequest, applicability, artifacts_dir, execute
 from .report.result import RunResult
 from .report.text import reason_lines
 

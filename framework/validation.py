@@ -14,12 +14,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from .checking import check_mode
 from .config import Config, Inspect
 from .domain import Note
 from .errors import InputError
 from .kernel.modules import resolve_modules
 from .observe.inspection import Inspection
-from .pipeline import applicability, check_mode, resolve_references
+from .pipeline import applicability, resolve_references
 
 
 def validate(config: Config, note: Note) -> str:

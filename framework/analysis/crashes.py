@@ -113,6 +113,7 @@ header.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -138,12 +139,12 @@ class CrashPattern:
 
     kind: str
     keyword: str                      # literal contained in every line the header matches
-    header: re.Pattern[str]           # matched (not searched) where a console message starts
+    header_regex: str                 # see ``header``
     title: str                        # str.format template over the header's groups, {frame}, {access}
     fatal: bool = False
     source: Source = "linux"
     frames: tuple[FrameSource, ...] = ()
-    skip: re.Pattern[str] | None = None   # more infrastructure for this kind (searched in a frame's name)
+    skip_regex: str = ""              # more infrastructure for this kind (searched in a frame's name)
     extractor: Extractor = "first"
     stack: bool = True                # a whole report of this kind carries a stack trace
     corrupted: str = ""               # why a report that starts with this header is corrupted anyway
@@ -154,6 +155,16 @@ class CrashPattern:
     terminal: bool = False            # this header is the report's last line
     message_next: bool = False        # the next line is this crash's message (Xen's "Panic on CPU N:")
     repeats: bool = False             # re-printed while the condition lasts
+
+    @functools.cached_property
+    def header(self) -> re.Pattern[str]:
+        """The header, matched (not searched) where a console message starts; compiled when first needed, so a
+        process that checks a clean log compiles none of the table."""
+        return re.compile(self.header_regex)
+
+    @functools.cached_property
+    def skip(self) -> re.Pattern[str] | None:
+        return re.compile(self.skip_regex) if self.skip_regex else None
 
 
 @dataclass(frozen=True)
@@ -212,8 +223,8 @@ def _row(kind: str, keyword: str, header: str, title: str, *, fatal: bool = Fals
          stage: int = 0, end: re.Pattern[str] | None = _LINUX_END,
          complete: re.Pattern[str] | None = _LINUX_COMPLETE, terminal: bool = False,
          message_next: bool = False, repeats: bool = False) -> CrashPattern:
-    return CrashPattern(kind=kind, keyword=keyword, header=re.compile(header), title=title,
-                        fatal=fatal, source=source, frames=frames, skip=re.compile(skip) if skip else None,
+    return CrashPattern(kind=kind, keyword=keyword, header_regex=header, title=title,
+                        fatal=fatal, source=source, frames=frames, skip_regex=skip,
                         extractor=extractor, stack=stack, corrupted=corrupted, chain=frozenset(chain.split()),
                         stage=stage, end=end, complete=complete, terminal=terminal,
                         message_next=message_next, repeats=repeats)

@@ -35,6 +35,7 @@ that are not tied to one kind of crash:
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator, Sequence
 from typing import Literal
@@ -124,7 +125,7 @@ INFRASTRUCTURE: tuple[str, ...] = (
     "program_check_exception", "program_check_common", "do_(kernel|translation)_fault", "do_mem_abort",
     "el1_abort", "el1h_64_sync(?:_handler)?",
 )
-_INFRASTRUCTURE = re.compile("|".join(f"(?:{p})" for p in INFRASTRUCTURE))
+
 
 # Entry points for the stall rule: the frame before the first of these names the stall.
 STALL_ANCHORS: tuple[str, ...] = (
@@ -143,7 +144,12 @@ STALL_ANCHORS: tuple[str, ...] = (
     "__do_fault", "do_page_fault", "^page_fault$", "__fput", "task_work_run", "exit_to_usermode",
     "smp_call_function", "tasklet_action", "tasklet_hi_action",
 )
-_STALL_ANCHOR = re.compile("|".join(f"(?:{p})" for p in STALL_ANCHORS))
+
+
+@functools.cache
+def _alternation(patterns: tuple[str, ...]) -> re.Pattern[str]:
+    """One regex of many, compiled when a crash first needs it (``check`` of a clean log never does)."""
+    return re.compile("|".join(f"(?:{p})" for p in patterns))
 
 _HANG_ANCHORS = {"rtnl_lock": "", "synchronize_rcu": "synchronize_rcu", "synchronize_srcu": "synchronize_rcu",
                  "synchronize_net": "synchronize_rcu", "synchronize_sched": "synchronize_rcu"}
@@ -161,7 +167,7 @@ def norm(name: str) -> str:
 
 
 def is_infrastructure(name: str, extra: re.Pattern[str] | None = None) -> bool:
-    return _INFRASTRUCTURE.search(name) is not None or (extra is not None and extra.search(name) is not None)
+    return _alternation(INFRASTRUCTURE).search(name) is not None or (extra is not None and extra.search(name) is not None)
 
 
 def candidates(sources: Sequence[FrameSource], header_func: str | None,
@@ -304,7 +310,7 @@ def _stall(frames: Sequence[str]) -> str | None:
         return None
     prev = frames[0]
     for frame in frames:
-        if _STALL_ANCHOR.search(frame):
+        if _alternation(STALL_ANCHORS).search(frame):
             return "smp_call_function" if "smp_call_function" in frame else prev
         prev = frame
     return None

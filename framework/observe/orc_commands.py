@@ -14,13 +14,14 @@ import time
 from pathlib import Path
 
 from ..analysis import orccheck
+from ..checking import check_mode
 from ..config import default_config
 from ..domain import ACCELS, CAPTURE_POINTS, DEFAULT_KERNEL, MODES
 from ..errors import PatchscopeError
 from ..kernel.fetch import note_stderr
 from ..kernel.image import prepare_kernel
 from ..kernel.refs import parse_ref
-from ..pipeline import RunRequest, artifacts_dir, check_mode, execute
+from ..pipeline import RunRequest, artifacts_dir, execute
 from ..report.text import reason_lines
 from .inspection import load_tables
 

@@ -20,11 +20,11 @@ from framework.bisect.record import Record, Role, Run, Step, summary, table
 from framework.bisect.search import ListBisection, expected_steps, git_bisect_said
 from framework.bisect.signature import Signature, classify, facet, facets
 from framework.bisect.steps import confidence, decide, needs_more
+from framework.checking import check
 from framework.config.schema import parse_config
 from framework.errors import KernelRefError
 from framework.matrix.plan import Cell
 from framework.matrix.results import CellResult, MatrixResults
-from framework.pipeline import check
 from framework.report.result import RunResult
 from tests.conftest import REPO, patchscope
 

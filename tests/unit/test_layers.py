@@ -24,7 +24,7 @@ PURE = ("framework.domain", "framework.errors", "framework.yamlnode", "framework
         "framework.debversion", "framework.bisect.signature", "framework.bisect.steps", "framework.bisect.search",
         "framework.bisect.debian", "framework.bisect.driver", "framework.bisect.record", "framework.bisect.html")
 EDGES = ("framework.vm", "framework.debugger", "framework.observe", "framework.kernel", "framework.guest.initramfs",
-         "framework.pipeline", "framework.cli", "framework.pytest_plugin", "framework.matrix.runner",
+         "framework.pipeline", "framework.checking", "framework.cli", "framework.pytest_plugin", "framework.matrix.runner",
          "framework.matrix.commands", "framework.build.tree", "framework.build.kbuild", "framework.build.commands",
          "framework.build.kmod",
          "framework.bisect.gittree", "framework.bisect.runner", "framework.bisect.commands", "framework.validation")

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from framework.checking import check
 from framework.cli import main as cli_main
 from framework.config import load_config
-from framework.pipeline import check
 from framework.report.result import RunResult, load_result
 
 RUNS = sorted(p for p in (Path(__file__).resolve().parents[1] / "data" / "runs").iterdir()

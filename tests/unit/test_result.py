@@ -18,11 +18,11 @@ from framework.analysis.findings import Analysis, LoggedStop, ScenarioLog, Trace
 from framework.analysis.observation import observe
 from framework.analysis.sites import Comparison, Oversize, SiteState, TextChange
 from framework.analysis.trace import CheckResult
+from framework.checking import check
 from framework.cli import main as cli_main
 from framework.config import Config, parse_config
 from framework.elf.vmlinux import Site
 from framework.errors import ArtefactError
-from framework.pipeline import check
 from framework.report.result import RESULT, SCHEMA, QemuRun, RunResult, load_result, write_result
 from framework.scenario import NmiRecord
 from framework.verdict import judge
