@@ -116,6 +116,10 @@ class ExpectOverlay:
             unwind_disagreements=pick(self.unwind_disagreements, base.unwind_disagreements))
 
 
+CaptureReader = Literal["qmp", "debugger", "both"]
+CAPTURE_READERS: tuple[CaptureReader, ...] = ("qmp", "debugger", "both")
+
+
 @dataclass(frozen=True)
 class Inspect:
     """What GDB captures of the guest's text, and which patch-site tables are compared."""
@@ -126,6 +130,9 @@ class Inspect:
     trace_modules: bool = False   # trace: modules: only module loading (relocations, patching), from the first load
     orc: bool = False       # seed 004: ORC checked at every instruction boundary of every site's live bytes
     unwind: UnwindSpec | None = None   # seed 004: stop inside patched sites and unwind with ORC there
+    # How a capture reads the text: QEMU writes it to a file (QMP memsave, default), the debugger reads it
+    # packet by packet, or both, which must agree byte for byte.
+    reader: CaptureReader = "qmp"
 
 
 @dataclass(frozen=True)

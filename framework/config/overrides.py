@@ -184,6 +184,7 @@ def to_yaml_dict(config: Config) -> dict[str, object]:
                         **({"trace": True} if config.inspect.trace else
                            {"trace": "modules"} if config.inspect.trace_modules else {}),
                         **({"orc": True} if config.inspect.orc else {}),
+                        **({"reader": config.inspect.reader} if config.inspect.reader != "qmp" else {}),
                         **({"unwind": {"table": config.inspect.unwind.table, "sites": config.inspect.unwind.sites,
                                        **({"op": config.inspect.unwind.op} if config.inspect.unwind.op else {}),
                                        **({"symbol": config.inspect.unwind.symbol.pattern}

@@ -25,10 +25,12 @@ from ..elf.modinfo import KO_SUFFIXES, module_name, strip_ko_suffix
 from ..scenario import Scenario, StopExpect
 from ..scenario import parse as scenario_parse
 from .model import (
+    CAPTURE_READERS,
     DEFAULT_DOM0_MEMORY_MIB,
     DEFAULT_SILENCE,
     DEFAULT_TIMEOUT,
     VERSION_OPERATORS,
+    CaptureReader,
     Config,
     ConsoleExpect,
     Expect,
@@ -490,6 +492,7 @@ SCHEMA = yn.Section({
         "tables": yn.names("a table name or a list of them", _table_name),
         "trace": _trace,
         "orc": yn.flag,
+        "reader": yn.choice(CAPTURE_READERS),
         "unwind": yn.Section({
             "table": _unwind_table,
             "op": yn.text("a pv op such as 'irq.save_fl'", pattern=r"[A-Za-z_][A-Za-z0-9_.\[\]]*"),
@@ -573,7 +576,8 @@ def build_config(ctx: yn.Ctx, values: Mapping[str, object], name: str, path: Pat
                           tables=get(inspect_values, "tables", Inspect.tables),
                           trace=inspect_values.get("trace") is True,
                           trace_modules=inspect_values.get("trace") == "modules",
-                          orc=inspect_values.get("orc") is True, unwind=_unwind_spec(ctx, inspect_values))
+                          orc=inspect_values.get("orc") is True, unwind=_unwind_spec(ctx, inspect_values),
+                          reader=cast(CaptureReader, inspect_values.get("reader", "qmp")))
     sites = get(expect, "sites", cast(tuple[SiteAssertion, ...], ()))
     _check_sites(ctx, "expect", expect, sites, inspect)
 

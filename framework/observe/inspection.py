@@ -46,6 +46,7 @@ from ..kernel.image import Kernel
 from ..scenario import Scenario, resolve
 from ..vm.machine import Machine
 from ..vm.qemu import Qemu
+from ..vm.qmp import QmpMemory
 from .capture import Plan, text_regions
 from .console import ConsoleThread
 from .session import Options, Outcome, Session
@@ -209,11 +210,17 @@ class Inspection:
                 name_offset = kmodlist.module_layout(self.vmlinux.btf, str(self.kernel.vmlinux)).name
             except ImageError as err:
                 self.note(f"trace: module loading is not followed: {err}")
+        bulk_read = None
+        if self.inspect.reader != "debugger":
+            qmp = vm.connect_qmp()
+            if qmp is not None:
+                bulk_read = QmpMemory(qmp, vm.qmp_socket.parent).read
         return Options(trace=self.trace, scenario=self.scenario, config_path=self.config_path,
                        pv_ops=self.pv_ops, pv_sites=self.pv_sites,
                        inject_nmi=inject_nmi, model=model,
                        modules=self._capture_modules if self.kos else None, module_name_offset=name_offset,
-                       trace_modules=self.trace_modules, unwind=self.probe)
+                       trace_modules=self.trace_modules, unwind=self.probe,
+                       bulk_read=bulk_read, cross_check=self.inspect.reader == "both")
 
     def _capture_modules(self, read: kmodlist.Read) -> list[modules_mod.ModuleCapture]:
         """At the marker: the module list, and the text of each module the config loads."""

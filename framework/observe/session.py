@@ -53,6 +53,7 @@ from ..analysis.trace import (
 from ..debugger.contract import Breakpoint, Debugger, DebuggerError, DebuggerTimeout, Stop
 from ..domain import Note
 from ..elf.vmlinux import Symbols
+from ..errors import InfrastructureError
 from ..scenario import (
     NMI_ENTRY,
     REGISTERS,
@@ -70,6 +71,7 @@ from ..scenario import (
     matches,
     resolve,
 )
+from ..vm.qmp import QMPError
 from .capture import Plan
 from .console import ConsoleThread
 from .unwinding import UnwindProbe
@@ -138,6 +140,9 @@ class Options:
     module_name_offset: int | None = None
     trace_modules: bool = False         # trace module loading only: the writers are armed at the first load
     unwind: UnwindProbe | None = None   # inspect.unwind: armed at the end of boot-time patching
+    # Captures: text read by QEMU itself (QMP memsave) instead of through the debugger; None: the debugger.
+    bulk_read: Callable[[int, int], bytes] | None = None
+    cross_check: bool = False           # inspect.reader: both: read each capture both ways, and they must agree
 
 
 class Session:
@@ -433,10 +438,35 @@ class Session:
             if freed_init and self.plan.is_init(section):
                 freed.append((section.address, section.address + section.size))
                 continue
-            regions[section.address] = self.dbg.read_memory(section.address, section.size)
+            regions[section.address] = self._read_text(name, section.name, section.address, section.size)
         size = sum(len(b) for b in regions.values())
-        self.note(f"captured {name}: {size / 1e6:.1f} MB of text in {time.monotonic() - t0:.1f} s")
+        how = "QEMU (QMP memsave)" if self.opt.bulk_read is not None else "the debugger"
+        self.note(f"captured {name}: {size / 1e6:.1f} MB of text in {time.monotonic() - t0:.2f} s through {how}"
+                  + (", the same bytes through the debugger" if self.opt.cross_check else ""))
         return Capture(name, regions, tuple(freed))
+
+    def _read_text(self, capture: str, section: str, address: int, size: int) -> bytes:
+        """One region of a capture: through QEMU when it can (else the debugger, said once), checked against the
+        debugger's read with ``cross_check``."""
+        if self.opt.bulk_read is None:
+            return self.dbg.read_memory(address, size)
+        try:
+            data = self.opt.bulk_read(address, size)
+        except QMPError as err:
+            if self.opt.cross_check:
+                raise InfrastructureError(f"capture {capture}: QMP memsave of {section} failed, so it cannot be "
+                                          f"compared with the debugger's read: {err}") from None
+            self.note(f"captures: QMP memsave failed ({err}); reading through the debugger from now on")
+            self.opt.bulk_read = None
+            return self.dbg.read_memory(address, size)
+        if self.opt.cross_check:
+            other = self.dbg.read_memory(address, size)
+            if other != data:
+                at = next(i for i, (a, b) in enumerate(zip(data, other)) if a != b) if len(other) == len(data) else 0
+                raise InfrastructureError(
+                    f"capture {capture}: QMP memsave and the debugger read {section} differently "
+                    f"(first at {address + at:#x}: {data[at:at + 8].hex()} against {other[at:at + 8].hex()})")
+        return data
 
     def _snapshot_points(self, address: int, labels: list[str], regs: Mapping[str, int], t: float) -> None:
         taken: Capture | None = None

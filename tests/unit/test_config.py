@@ -193,6 +193,7 @@ ERRORS = [
     ("inspect:\n  unwind: {table: alternatives, op: irq.save_fl}\n", 2, "inspect.unwind.op names a pv op, but the table is alternatives"),
     ("inspect:\n  unwind: {sites: 0}\n", 2, "inspect.unwind.sites must be a whole number >= 1"),
     ("inspect:\n  orc: yes please\n", 2, "inspect.orc must be true or false"),
+    ("inspect:\n  reader: gdb\n", 2, "inspect.reader must be one of qmp, debugger, both, not 'gdb'"),
     ("inspect: {capture: booted}\nexpect:\n  orc_known: ['__switch_to_asm']\n", 3, "expect.orc_known needs inspect: {{orc: true}}"),
     ("inspect: {capture: booted}\nexpect:\n  unwind_disagreements: 0\n", 3, "expect.unwind_disagreements needs inspect: {{unwind:"),
     ("inspect: {orc: true}\nexpect:\n  orc_disagreements: -1\n", 3, "expect.orc_disagreements must be a whole number >= 0"),
@@ -484,6 +485,14 @@ def test_round_trip_through_yaml_and_json(cfg_path: Path) -> None:
     assert again == c
     assert to_yaml_dict(again) == data
     assert parse_config(json.dumps(data), cfg_path) == c
+
+
+@pytest.mark.parametrize("reader", ["qmp", "debugger", "both"])
+def test_the_capture_reader_is_read_and_written_back(cfg_path: Path, reader: str) -> None:
+    c = parse_config(f"inspect: {{capture: booted, reader: {reader}}}\n", cfg_path)
+    assert c.inspect is not None and c.inspect.reader == reader
+    assert parse_config(yaml.safe_dump(to_yaml_dict(c)), cfg_path) == c
+    assert parse_config("inspect: {capture: booted}\n", cfg_path).inspect.reader == "qmp"   # type: ignore[union-attr]
 
 
 def test_round_trip_of_defaults(cfg_path: Path) -> None:
