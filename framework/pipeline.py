@@ -26,6 +26,7 @@ import shutil
 import signal
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -239,6 +240,9 @@ def execute(req: RunRequest, note: Note) -> RunResult:
         return _execute(req, note)
 
 
+INTERNAL_ERROR = "internal-error.txt"
+
+
 def _execute(req: RunRequest, note: Note) -> RunResult:
     cfg = req.config
     out = req.outdir
@@ -287,6 +291,11 @@ def _execute(req: RunRequest, note: Note) -> RunResult:
         error = "interrupted"
         verdict = could_not_run("interrupted (Ctrl-C or SIGTERM)")
         raise
+    except Exception as err:  # noqa: BLE001  # a patchscope bug: an error verdict, its traceback kept, no crash
+        (out / INTERNAL_ERROR).write_text(traceback.format_exc())
+        error = (f"internal error (a patchscope bug, please report it): {type(err).__name__}: {err}; "
+                 f"the traceback is in {out / INTERNAL_ERROR}")
+        verdict = could_not_run(error)
     finally:
         result = RunResult(
             name=cfg.name, mode=req.mode, verdict=verdict.verdict, reasons=verdict.reasons, artifacts=str(out),

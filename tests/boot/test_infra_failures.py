@@ -39,10 +39,12 @@ def _run_and_kill(tmp_path: Path, body: str, victim: str) -> tuple[int, dict[str
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                             env=dict(os.environ, PYTHONPATH=str(REPO)))
     pidfile = out / "victim" / "native" / "qemu.pid"
+    console = out / "victim" / "native" / "console.log"
     deadline = time.monotonic() + 120
-    while not pidfile.exists() and time.monotonic() < deadline:
+    # mid-run: the kernel has started printing (a machine under load takes longer to get there)
+    while time.monotonic() < deadline and not (pidfile.exists() and console.exists()
+                                               and "Linux version" in console.read_text(errors="replace")):
         time.sleep(0.1)
-    time.sleep(2.0)                       # the kernel is booting
     if victim == "qemu":
         pid = int(pidfile.read_text())
     else:                                 # the run's GDB: a child of the patchscope process
@@ -50,8 +52,10 @@ def _run_and_kill(tmp_path: Path, body: str, victim: str) -> tuple[int, dict[str
                                   check=True).stdout
         pid = int(children.split()[0])
     os.kill(pid, signal.SIGKILL)
-    proc.communicate(timeout=300)
-    return proc.returncode, result_json(out, "victim")
+    _, err = proc.communicate(timeout=300)
+    data = result_json(out, "victim")
+    data["stderr"] = err.decode(errors="replace")[-2000:]     # shown when an assertion fails
+    return proc.returncode, data
 
 
 def test_qemu_killed_mid_run_is_an_error_naming_qemu_not_a_reset(tmp_path: Path) -> None:

@@ -200,3 +200,23 @@ def test_check_says_which_crashes_are_corrupted_and_why(tmp_path: Path, capsys: 
     out = capsys.readouterr().out
     assert ("  crash  line     2  BUG: unable to handle kernel NULL pointer dereference in corrupted"
             "  (corrupted: the log ends inside the report)") in out.splitlines()
+
+
+def test_a_bug_in_patchscope_is_an_error_verdict_with_its_traceback_kept(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from framework import pipeline
+
+    def broken(cfg: Config, note: object) -> None:
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(pipeline, "prepare", broken)
+    config = tmp_path / "c.yaml"
+    config.write_text("name: c\nmode: native\n")
+    out = tmp_path / "out"
+    assert cli_main(["run", str(config), "--artifacts", str(out), "-q"]) == 2
+    data = json.loads((out / "c" / "native" / RESULT).read_text())
+    assert data["verdict"] == "error"
+    assert data["error"].startswith("internal error (a patchscope bug, please report it): ValueError: a bug")
+    kept = (out / "c" / "native" / pipeline.INTERNAL_ERROR).read_text()
+    assert kept.startswith("Traceback") and "raise ValueError(\"a bug\")" in kept
+    assert "Traceback" not in capsys.readouterr().err
