@@ -471,6 +471,11 @@ class Gdb:
                     deadline = time.monotonic() + EXIT_GRACE
                     while proc.poll() is None and time.monotonic() < deadline:
                         self._pump(min(deadline, time.monotonic() + 0.1))
+                    # What GDB printed just before it exited ("^exit") may still be in the pipe: read it (and
+                    # its end), so the transcript is whole however the two processes were scheduled.
+                    end = time.monotonic() + 1.0
+                    while proc.poll() is not None and not self._eof and time.monotonic() < end:
+                        self._pump(time.monotonic() + 0.05)
                 except DebuggerError as err:
                     self._note(f"teardown: {err}")
         finally:
