@@ -151,6 +151,7 @@ def _alternation(patterns: tuple[str, ...]) -> re.Pattern[str]:
     """One regex of many, compiled when a crash first needs it (``check`` of a clean log never does)."""
     return re.compile("|".join(f"(?:{p})" for p in patterns))
 
+
 _HANG_ANCHORS = {"rtnl_lock": "", "synchronize_rcu": "synchronize_rcu", "synchronize_srcu": "synchronize_rcu",
                  "synchronize_net": "synchronize_rcu", "synchronize_sched": "synchronize_rcu"}
 _HANG_SKIP = ("sched", "_lock", "_slowlock", "down", "rwsem", "completion", "kthread", "wait", "synchronize",
