@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import re
 from array import array
+from bisect import bisect_right
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,7 +74,7 @@ def _timed(lines: list[str]) -> list[TimedLine]:
 
 
 def _is_timed(lines: list[str]) -> bool:
-    """Whether a log is console.log's timed format: its first 20 non-empty lines all are."""
+    """Whether a log is console.log's timed format: the non-blank ones of its first 20 lines all are."""
     timed = [_TIMED.match(ln) for ln in lines[:20] if ln.strip()]
     return bool(timed) and all(timed)
 
@@ -142,23 +143,26 @@ class ConsoleText(Sequence[str]):
 
 class ConsoleLog(Sequence[TimedLine]):
     """A console log's lines kept compactly: the text of each chunk once (its lines joined), and per line where it
-    starts and its host time in arrays (16 bytes a line). A 200 MB log costs about its size, not several times it
+    starts (4 bytes) and, in a timed log, its host time (8 bytes). A 200 MB log costs about its size, not several times it
     as a list of line objects would. Lines and their texts are made when read."""
 
     def __init__(self) -> None:
         self._chunks: list[str] = []
-        self._chunk = array("I")        # per line: its chunk
+        self._first: list[int] = []     # per chunk: the index of its first line
         self._start = array("I")        # per line: where it starts in its chunk
-        self._time = array("d")         # per line: host time, NaN for none
+        self._time: array[float] | None = None   # per line: host time, NaN for none; None while no line has one
 
     def extend(self, lines: Sequence[TimedLine]) -> None:
         if not lines:
             return
-        number, at = len(self._chunks), 0
+        if self._time is None and any(t is not None for t, _ in lines):
+            self._time = array("d", [_NAN]) * len(self._start)
+        self._first.append(len(self._start))
+        at = 0
         for t, text in lines:
-            self._chunk.append(number)
             self._start.append(at)
-            self._time.append(_NAN if t is None else t)
+            if self._time is not None:
+                self._time.append(_NAN if t is None else t)
             at += len(text) + 1
         self._chunks.append("\n".join(text for _, text in lines) + "\n")
 
@@ -168,8 +172,15 @@ class ConsoleLog(Sequence[TimedLine]):
             if index < 0:
                 raise IndexError("line index out of range")
         start = self._start[index]
-        chunk = self._chunks[self._chunk[index]]
+        chunk = self._chunks[bisect_right(self._first, index) - 1]
         return chunk[start:chunk.index("\n", start)]
+
+    def time(self, index: int) -> float | None:
+        if self._time is None:
+            self._start[index]          # IndexError as for the text
+            return None
+        t = self._time[index]
+        return None if math.isnan(t) else t
 
     def iter_texts(self) -> Iterator[str]:
         for chunk in self._chunks:
@@ -190,11 +201,11 @@ class ConsoleLog(Sequence[TimedLine]):
     def __getitem__(self, index: int | slice) -> TimedLine | list[TimedLine]:
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
-        text = self.text(index)
-        t = self._time[index]
-        return (None if math.isnan(t) else t, text)
+        return (self.time(index), self.text(index))
 
     def __iter__(self) -> Iterator[TimedLine]:
+        if self._time is None:
+            return ((None, text) for text in self.iter_texts())
         return ((None if math.isnan(t) else t, text) for t, text in zip(self._time, self.iter_texts()))
 
     def __eq__(self, other: object) -> bool:
@@ -214,7 +225,8 @@ _NAN = float("nan")
 def read_console_file(path: Path, chunk: int = 1 << 20) -> ConsoleLog:
     """``parse_log`` of a file, read a chunk at a time into a ``ConsoleLog``: neither the whole text nor a list of
     its lines is ever held (a 200 MB log cost 4x its size as lines). Lines split as ``str.splitlines`` splits them,
-    across chunk ends too; the log is timed when its first 20 non-empty lines are, as ``parse_log`` decides."""
+    across chunk ends too; the log is timed when the non-blank ones of its first 20 lines are, as ``parse_log``
+    decides."""
     log = ConsoleLog()
     pending: list[str] = []             # lines read before the log's kind (timed or plain) is known
     timed: bool | None = None
@@ -223,7 +235,7 @@ def read_console_file(path: Path, chunk: int = 1 << 20) -> ConsoleLog:
         nonlocal timed, pending
         if timed is None:
             pending += lines
-            if sum(1 for ln in pending if ln.strip()) < 20:
+            if len(pending) < 20:           # _is_timed looks at the first 20 lines, no further
                 return
             timed, lines, pending = _is_timed(pending), pending, []
         log.extend(_split_times(lines) if timed else [(None, ln) for ln in lines])
