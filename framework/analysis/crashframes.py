@@ -180,7 +180,7 @@ def candidates(sources: Sequence[FrameSource], header_func: str | None,
             if header_func:
                 out.append(norm(header_func))
         elif source == "rip":
-            out.extend(_rip(report, 0))
+            out.extend(_rip(report, 0)[1])
         elif source == "stack":
             out.extend(_frames_after(report, _first(report, _CALL_TRACE)))
         elif source == "next":
@@ -194,8 +194,8 @@ def candidates(sources: Sequence[FrameSource], header_func: str | None,
         else:                                   # "irq"
             mark = _first(report, _IRQ_MARK)
             if mark is not None:
-                rip = _rip(report, mark)
-                start = _first(report, _ANY_RIP, mark) if rip else mark
+                line, rip = _rip(report, mark)
+                start = line if rip and line is not None else mark
                 out.extend(rip)
                 out.extend(_frames_after(report, start))
     return out
@@ -254,15 +254,15 @@ def _first(report: Sequence[str], pattern: re.Pattern[str], start: int = 0) -> i
     return None
 
 
-def _rip(report: Sequence[str], start: int) -> list[str]:
-    """The function of the first RIP line from ``start``, if that is kernel code ([] for user space)."""
+def _rip(report: Sequence[str], start: int) -> tuple[int | None, list[str]]:
+    """The first RIP line from ``start`` and its function, if that is kernel code ([] for user space)."""
     n = _first(report, _ANY_RIP, start)
     if n is None:
-        return []
+        return None, []
     m = _RIP.search(report[n])
     if m is None or (m.group("cs") or "0010") not in _KERNEL_CS or not m.group("func"):
-        return []
-    return [norm(m.group("func"))]
+        return n, []
+    return n, [norm(m.group("func"))]
 
 
 def _frames_after(report: Sequence[str], start: int | None, contiguous: bool = False) -> Iterator[str]:
