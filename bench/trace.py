@@ -4,9 +4,11 @@
 Per mode (native, Xen PV dom0), interleaved rounds of:
 
 - plain:  ``patchscope run`` of a config that only boots (no debugger attached);
-- traced: ``patchscope trace`` (every text_poke_early / text_poke call stopped at,
-  snapshots at start_kernel, alternative_instructions and its return), through
-  the remote protocol spoken directly (rsp.py);
+- plugin: ``patchscope trace --tracer plugin`` (the TCG plugin logs every store
+  into text; the guest stops once, at its marker, for the self-check's capture);
+- breakpoints: ``patchscope trace --tracer breakpoints`` (every text_poke_early /
+  text_poke call stopped at, snapshots at start_kernel, alternative_instructions
+  and its return), through the remote protocol spoken directly (rsp.py);
 
 and, with ``--per-stop N``, the cost of one stop through each debugger side by
 side: a scenario that stops at the first N text_poke_early calls and records
@@ -16,7 +18,8 @@ single step), against the same boot without a debugger.
 Prints the medians of the time to the success marker and of the whole
 command, their ratios, the number of text writes recorded, and the cost per stop.
 
-    .venv/bin/python bench/trace.py [--rounds 2] [--mode native|xen-pv|both] [--per-stop 5000]
+    .venv/bin/python bench/trace.py [--rounds 2] [--mode native|xen-pv|both] [--tracer plugin|breakpoints|both]
+                                    [--per-stop 5000]
 """
 
 from __future__ import annotations
@@ -55,12 +58,12 @@ def plain(tmp: Path, mode: str, n: int) -> tuple[float, float]:
     return marker(json.loads((out / "bench-plain" / mode / "result.json").read_text())), wall
 
 
-def traced(tmp: Path, mode: str, n: int) -> tuple[float, float, dict[str, Any]]:
-    out = tmp / f"trace{n}"
-    wall, proc = patchscope("trace", "--mode", mode, "--summary", "--artifacts", str(out))
-    result = json.loads((out / "trace" / mode / "result.json").read_text())
+def traced(tmp: Path, mode: str, n: int, tracer: str) -> tuple[float, float, dict[str, Any]]:
+    out = tmp / f"trace-{tracer}{n}"
+    wall, proc = patchscope("trace", "--mode", mode, "--summary", "--tracer", tracer, "--artifacts", str(out))
     if proc.returncode != 0:
         sys.exit(f"trace failed ({proc.returncode}): {proc.stdout}{proc.stderr}")
+    result = json.loads((out / "trace" / mode / "result.json").read_text())
     return marker(result), wall, result["sites"]["trace"]
 
 
@@ -92,31 +95,41 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--mode", choices=("native", "xen-pv", "both"), default="both")
+    ap.add_argument("--tracer", choices=("plugin", "breakpoints", "both"), default="both")
     ap.add_argument("--per-stop", type=int, default=0, metavar="N",
                     help="also the cost of N stops through GDB/MI and the remote protocol")
     args = ap.parse_args()
     modes = ["native", "xen-pv"] if args.mode == "both" else [args.mode]
+    tracers = ["plugin", "breakpoints"] if args.tracer == "both" else [args.tracer]
     with tempfile.TemporaryDirectory(prefix="patchscope-bench-") as tmp_name:
         tmp = Path(tmp_name)
         for mode in modes:
-            plain(tmp, mode, -1)   # warm-up: fetches, caches
-            rows: dict[str, list[float]] = {"pm": [], "pw": [], "tm": [], "tw": []}
-            summary: dict[str, Any] = {}
+            plain(tmp, mode, -1)   # warm-up: fetches, caches, the plugin's build
+            rows: dict[str, list[float]] = {"pm": [], "pw": []}
+            summary: dict[str, dict[str, Any]] = {}
             for n in range(args.rounds):
                 pm, pw = plain(tmp, mode, n)
-                tm, tw, summary = traced(tmp, mode, n)
-                for key, value in zip(rows, (pm, pw, tm, tw)):
-                    rows[key].append(value)
-                print(f"[{mode}] round {n + 1}: no debugger {pm:6.2f} s to marker, {pw:6.2f} s wall | "
-                      f"traced {tm:6.2f} s to marker, {tw:6.2f} s wall, {summary['events']} writes, "
-                      f"{summary['stops']} stops", flush=True)
+                rows["pm"].append(pm)
+                rows["pw"].append(pw)
+                line = f"[{mode}] round {n + 1}: no debugger {pm:6.2f} s to marker, {pw:6.2f} s wall"
+                for tracer in tracers:
+                    tm, tw, summary[tracer] = traced(tmp, mode, n, tracer)
+                    rows.setdefault(f"{tracer}m", []).append(tm)
+                    rows.setdefault(f"{tracer}w", []).append(tw)
+                    line += (f" | {tracer} {tm:6.2f} s to marker, {tw:6.2f} s wall, "
+                             f"{summary[tracer]['events']} writes, {summary[tracer]['stops']} stops")
+                print(line, flush=True)
             med = {k: statistics.median(v) for k, v in rows.items()}
-            ms_a_stop = (med["tm"] - med["pm"]) / max(1, summary["stops"]) * 1000
-            print(f"[{mode}] medians: no debugger {med['pm']:.2f} s / {med['pw']:.2f} s; traced "
-                  f"{med['tm']:.2f} s / {med['tw']:.2f} s; ratio to marker {med['tm'] / med['pm']:.1f}, "
-                  f"whole command {med['tw'] / med['pw']:.1f}; {summary['events']} writes "
-                  f"({json.dumps(summary['counts'])}); {ms_a_stop:.2f} ms a stop; "
-                  f"self-check: {summary['self_check']['summary']}", flush=True)
+            print(f"[{mode}] medians: no debugger {med['pm']:.2f} s to marker / {med['pw']:.2f} s wall", flush=True)
+            for tracer in tracers:
+                got = summary[tracer]
+                per = ""
+                if tracer == "breakpoints":
+                    per = f"; {(med[tracer + 'm'] - med['pm']) / max(1, got['stops']) * 1000:.2f} ms a stop"
+                print(f"[{mode}] {tracer}: {med[tracer + 'm']:.2f} s / {med[tracer + 'w']:.2f} s; ratio to marker "
+                      f"{med[tracer + 'm'] / med['pm']:.2f}, whole command {med[tracer + 'w'] / med['pw']:.2f}; "
+                      f"{got['events']} writes ({json.dumps(got['counts'])}){per}; "
+                      f"self-check: {got['self_check']['summary']}", flush=True)
             if args.per_stop:
                 per_stop(tmp, mode, args.per_stop)
 

@@ -18,7 +18,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .domain import ACCELS, DEFAULT_KERNEL, MODES, TABLES, VerdictName
+from .domain import ACCELS, DEFAULT_KERNEL, MODES, TABLES, TRACERS, VerdictName
 from .errors import InputError, PatchscopeError
 
 # Each command imports what it uses when it runs: ``patchscope check LOG`` does not load the debugger, the ELF
@@ -129,6 +129,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     trace.add_argument("--modules-only", action="store_true",
                        help="trace only the loading of the --module modules (relocations, patching, in order): "
                             "about the cost of a plain boot; no replay of the boot, so no self-check")
+    trace.add_argument("--tracer", choices=TRACERS, default=None,
+                       help="what records the writes: a TCG plugin logging every store into text (default under "
+                            "TCG), or breakpoints on the text-writing functions (the default under KVM)")
     trace.add_argument("--debugger", choices=("rsp", "gdb"), default="rsp",
                        help="rsp: speak the remote protocol to QEMU's gdbstub (default; a stop costs ~2.5x less than through GDB); "
                             "gdb: through GDB/MI")
@@ -462,7 +465,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
                          init_commands=tuple(args.init_command), modules=args.module or None,
                          inspect={"capture": ["booted"], "trace": "modules"} if args.modules_only else None)
     req = RunRequest(cfg, check_mode(args.mode), artifacts_dir(args.artifacts, "trace", args.mode), accel=args.accel,
-                     trace=not args.modules_only, debugger=args.debugger)
+                     trace=not args.modules_only, debugger=args.debugger, tracer=args.tracer)
     result = execute(req, note_stderr)
     events = req.outdir / "trace.jsonl.gz"
     if result.verdict == "error" and not events.exists():

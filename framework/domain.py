@@ -22,6 +22,10 @@ ACCELS: tuple[Accel, ...] = ("tcg", "kvm", "auto")
 # What drives QEMU's gdbstub: GDB over MI, or patchscope's own remote-protocol client.
 DebuggerKind = Literal["auto", "gdb", "rsp"]
 DEBUGGERS: tuple[DebuggerKind, ...] = ("auto", "gdb", "rsp")
+# What records a trace's writes: a TCG plugin logging every store into text (the default under TCG), or
+# breakpoints on the text-writing functions (under KVM, and as a cross-check).
+Tracer = Literal["plugin", "breakpoints"]
+TRACERS: tuple[Tracer, ...] = ("plugin", "breakpoints")
 
 # What a config may expect, and what a run may be observed to do (unknown: interrupted first).
 Outcome = Literal["boots", "panics", "hangs"]

@@ -15,6 +15,7 @@ timeout, Ctrl-C), so a failed run can always be understood afterwards.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import fcntl
 import functools
@@ -39,7 +40,7 @@ from .analysis.observation import Observation, observe
 from .analysis.stages import match_stage
 from .checking import check_mode
 from .config import Config, Inspect, to_yaml_dict
-from .domain import Accel, DebuggerKind, Mode, Note
+from .domain import Accel, DebuggerKind, Mode, Note, Tracer
 from .elf.vmlinux import Symbols, Vmlinux, upstream_version
 from .errors import ConfigError, InputError, KernelRefError, LaunchError, PatchscopeError, UnsupportedError
 from .guest import initramfs
@@ -68,6 +69,17 @@ class RunRequest:
     stop_at: str | None = None    # with gdb: where GDB stops the guest first
     trace: bool = False           # record every text write (patchscope trace), whatever the config says
     debugger: DebuggerKind = "auto"   # what drives the gdbstub; auto: rsp for traces and scenarios, else gdb
+    tracer: Tracer | None = None  # what records a trace; None: the plugin, but breakpoints under KVM or a scenario
+
+
+def tracer_for(req: RunRequest) -> Tracer:
+    """The tracer a run uses: the plugin unless told otherwise, or under KVM (no TCG, no plugins), with a
+    scenario (which can skip a write: only a breakpoint on the writer sees that), or with modules to load (the
+    plugin follows the kernel's own text, not a module's)."""
+    if req.tracer is not None:
+        return req.tracer
+    plugin_blind = req.accel == "kvm" or req.config.scenario is not None or bool(req.config.modules)
+    return "breakpoints" if plugin_blind else "plugin"
 
 
 def artifacts_dir(root: Path, name: str, mode: str) -> Path:
@@ -275,7 +287,8 @@ def _execute(req: RunRequest, note: Note) -> RunResult:
                                     where=(cfg.path, cfg.lines.get("inspect.capture")),
                                     trace=req.trace or inspect.trace, scenario=cfg.scenario,
                                     trace_modules=inspect.trace_modules,
-                                    debugger=req.debugger, modules=[(m.name, m.path) for m in modules])
+                                    debugger=req.debugger, modules=[(m.name, m.path) for m in modules],
+                                    tracer=tracer_for(req))
         lines, ending = _boot(req, kernel, hypervisor, note, facts, inspection, modules)
         if facts.hypervisor is not None:
             facts.hypervisor["banner"] = xen.banner([text for _, text in lines])
@@ -340,6 +353,11 @@ def _boot(req: RunRequest, kernel: Kernel, hypervisor: xen.Hypervisor | None, no
         hypervisor=hypervisor.image if hypervisor else None,
         xen_cmdline=machine.xen_cmdline(cfg.dom0_memory_mib, cfg.xen_cmdline),
         gdb_socket=sockdir / "gdb.sock" if inspect is not None else None, stopped=inspect is not None)
+    if isinstance(inspect, Inspection):
+        if inspect.plugin is not None and accel == "kvm":
+            raise UnsupportedError("the plugin tracer needs TCG (QEMU runs no TCG plugin under KVM): trace with "
+                                   "--accel tcg, or with --tracer breakpoints")
+        m = dataclasses.replace(m, extra=(*m.extra, *inspect.qemu_args(m)))
     try:
         argv = machine.qemu_argv(m)
     except ValueError as err:
@@ -365,7 +383,9 @@ def _boot(req: RunRequest, kernel: Kernel, hypervisor: xen.Hypervisor | None, no
                     said = [ln.strip() for ln in printed.splitlines() if ln.strip()]
                     own = [ln for ln in said if ln.startswith(Path(argv[0]).name) or "qemu-system" in ln]
                     vm.shutdown()
-                    raise LaunchError(f"QEMU did not start: {(own or said or [str(err)])[-1][:300]}", argv,
+                    hint = ("; if this QEMU cannot load TCG plugins, trace with --tracer breakpoints"
+                            if isinstance(inspect, Inspection) and inspect.plugin is not None else "")
+                    raise LaunchError(f"QEMU did not start: {(own or said or [str(err)])[-1][:300]}{hint}", argv,
                                       vm.exitcode, printed[-4000:]) from None
                 console = ConsoleThread(vm.read, log, vm.started, timeout=cfg.timeout, silence=cfg.silence,
                                         exitcode=lambda: vm.exitcode,
@@ -385,6 +405,8 @@ def _boot(req: RunRequest, kernel: Kernel, hypervisor: xen.Hypervisor | None, no
     finally:
         vm.shutdown()
         facts.exitcode = vm.exitcode
+        if isinstance(inspect, Inspection):
+            inspect.close()
     if ending.reason == "exit" and vm.exitcode is not None and vm.exitcode < 0:
         # QEMU ends by itself with a status; a signal that patchscope did not send killed it (the OOM killer,
         # a user): the machine failed, not the guest, whatever the console shows last.

@@ -100,15 +100,19 @@ class TraceSummary:
     check: CheckResult | None
     relocations: tuple[Mapping[str, object], ...] = ()   # apply_relocate_add() calls, as Relocation.to_json()
     overlaps: tuple[Overlap, ...] = ()                    # seed 002: writes under a later relocation
+    tracer: str = "breakpoints"                           # what recorded the writes: breakpoints or the plugin
+    plugin: Mapping[str, object] | None = None            # the plugin's log, as textwrites.Stats.to_json()
 
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {
-            "events": self.events, "stops": self.stops, "ended": self.ended,
+            "tracer": self.tracer, "events": self.events, "stops": self.stops, "ended": self.ended,
             "counts": {k: dict(v) for k, v in self.counts.items()},
             "self_check": self.check.to_json() if self.check is not None else None}
         if self.relocations:
             out["relocations"] = [dict(r) for r in self.relocations]
             out["overlaps"] = [o.to_json() for o in self.overlaps]
+        if self.plugin is not None:
+            out["plugin"] = dict(self.plugin)
         return out
 
     @staticmethod
@@ -122,7 +126,9 @@ class TraceSummary:
                             tuple(r for r in relocations if isinstance(r, dict))
                             if isinstance(relocations := data.get("relocations"), list) else (),
                             tuple(Overlap.from_json(o) for o in overlaps if isinstance(o, dict))
-                            if isinstance(overlaps := data.get("overlaps"), list) else ())
+                            if isinstance(overlaps := data.get("overlaps"), list) else (),
+                            str(data.get("tracer") or "breakpoints"),
+                            plugin if isinstance(plugin := data.get("plugin"), dict) else None)
 
 
 @dataclass(frozen=True)

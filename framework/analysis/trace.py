@@ -262,6 +262,8 @@ _DS = 0x3E      # the prefix alternatives_smp_unlock() puts in place of lock on 
 class Explainer:
     """Which known mechanism can have written a byte without a call."""
 
+    strict = False      # True: nothing explains a difference (the plugin tracer sees every write)
+
     def __init__(self, sites: Mapping[str, Sequence[Site]], symbols: Symbols) -> None:
         def covered(table: str) -> set[int]:
             return {a for s in sites.get(table, ()) for a in range(s.address, s.address + max(s.length, 1))}
@@ -272,6 +274,8 @@ class Explainer:
             a + i for _, a in symbols.with_prefix("__SCT__") for i in range(5)}
 
     def byte(self, address: int, old: int, new: int, window: str) -> str | None:
+        if self.strict:
+            return None
         if window == "early":
             return "before start_kernel"
         if address in self.locks and old in (_LOCK, _DS) and new in (_LOCK, _DS):
@@ -382,6 +386,19 @@ class Model:
         if not event.skipped:
             data[off:off + len(event.new)] = event.new
         return [*found, event]
+
+    def write(self, event: Event) -> Event:
+        """A write seen as it happened (the plugin tracer): numbered, its old bytes the model's, then applied."""
+        got = self._locate(event.address, len(event.new))
+        if got is None:
+            self.check.outside += 1
+            return self._number(event)
+        data, off = got
+        self.check.calls += 1
+        self.seq += 1
+        event = replace(event, seq=self.seq, old=bytes(data[off:off + len(event.new)]))
+        data[off:off + len(event.new)] = event.new
+        return event
 
     def snapshot(self, name: str, live: Mapping[int, bytes], window: str, t: float) -> list[Event]:
         """Compare with the live text; the differences become bypass events (then the model is the live text)."""

@@ -305,6 +305,12 @@ class Symbols:
         """(name, address) of every symbol whose name starts with ``prefix``, by address."""
         return sorted(((n, a) for n, a in self._by_name.items() if n.startswith(prefix)), key=lambda x: x[1])
 
+    def spans(self) -> list[tuple[str, int, int]]:
+        """(name, start, end) of every place :meth:`resolve` names, by address; each ends at the next one's start."""
+        addrs, ends, names = self._index
+        n = len(addrs)
+        return [(names[i], addrs[i], min(ends[i], addrs[i + 1]) if i + 1 < n else ends[i]) for i in range(n)]
+
     def resolve(self, addr: int) -> tuple[str, int] | None:
         """The symbol covering ``addr`` and the offset into it, or None.
 

@@ -36,7 +36,7 @@ from ..analysis.unwind import UnwindCheck
 from ..config import Inspect
 from ..debugger import Backend, open_debugger
 from ..debugger.contract import DebuggerDied, DebuggerError
-from ..domain import CAPTURE_POINTS, DebuggerKind, Note
+from ..domain import CAPTURE_POINTS, DebuggerKind, Note, Tracer
 from ..elf import kmodlist
 from ..elf import ko as ko_mod
 from ..elf.orc import OrcTable
@@ -49,6 +49,7 @@ from ..vm.qemu import Qemu
 from ..vm.qmp import QmpMemory
 from .capture import Plan, text_regions
 from .console import ConsoleThread
+from .plugintrace import PluginTracer
 from .session import Options, Outcome, Session
 from .unwinding import UnwindProbe, unwind_candidates
 
@@ -128,7 +129,8 @@ class Inspection:
     def __init__(self, kernel: Kernel, inspect: Inspect, outdir: Path, note: Note, *, timeout: float,
                  where: tuple[Path | None, int | None] = (None, None), trace: bool = False,
                  scenario: Scenario | None = None, debugger: DebuggerKind = "auto",
-                 modules: Sequence[tuple[str, Path]] = (), trace_modules: bool = False) -> None:
+                 modules: Sequence[tuple[str, Path]] = (), trace_modules: bool = False,
+                 tracer: Tracer = "breakpoints") -> None:
         self.kernel = kernel
         # trace: modules: module loading only (no replay of the boot, so no self-check)
         self.trace_modules = trace_modules and not trace
@@ -183,8 +185,17 @@ class Inspection:
                 raise ImageError(f"{kernel.ref}: no symbol {MODULE_LIST!r} (the kernel's module list) in "
                                  f"{kernel.symbols}; loaded modules cannot be found")
             captures = captures if "booted" in captures else (*captures, "booted")
-        self.plan = Plan(captures, text_regions(self.vmlinux, addresses), False, timeout,
-                         (begin, end) if begin is not None and end is not None else None)
+        init_text = (begin, end) if begin is not None and end is not None else None
+        regions = text_regions(self.vmlinux, addresses)
+        # --tracer plugin: the writes are logged by QEMU, and the guest stops once, for the booted capture
+        self.plugin: PluginTracer | None = None
+        self._booted_for_trace = trace and tracer == "plugin" and "booted" not in captures
+        if trace and tracer == "plugin":
+            self.plugin = PluginTracer(self.symbols, self.sites,
+                                       {sec.address: self.vmlinux.read(sec.address, sec.size) for sec in regions},
+                                       init_text, outdir, note)
+            captures = captures if "booted" in captures else (*captures, "booted")
+        self.plan = Plan(captures, regions, False, timeout, init_text)
         self.module_symbols: dict[str, Symbols] = {}    # each loaded module's own, once linked
         self.module_orc: dict[str, OrcTable] = {}        # inspect.orc: each loaded module's ORC table
         self.everything = self.symbols                   # vmlinux's symbols and every loaded module's
@@ -194,7 +205,7 @@ class Inspection:
 
     def _options(self, vm: Qemu) -> Options:
         model = None
-        if self.trace:
+        if self.trace and self.plugin is None:
             elf = {sec.address: self.vmlinux.read(sec.address, sec.size) for sec in self.plan.regions}
             model = Model(elf, Explainer(self.sites, self.symbols), self.symbols)
 
@@ -215,12 +226,20 @@ class Inspection:
             qmp = vm.connect_qmp()
             if qmp is not None:
                 bulk_read = QmpMemory(qmp, vm.qmp_socket.parent).read
-        return Options(trace=self.trace, scenario=self.scenario, config_path=self.config_path,
+        return Options(trace=self.trace and self.plugin is None, scenario=self.scenario, config_path=self.config_path,
                        pv_ops=self.pv_ops, pv_sites=self.pv_sites,
                        inject_nmi=inject_nmi, model=model,
                        modules=self._capture_modules if self.kos else None, module_name_offset=name_offset,
                        trace_modules=self.trace_modules, unwind=self.probe,
                        bulk_read=bulk_read, cross_check=self.inspect.reader == "both")
+
+    def qemu_args(self, m: Machine) -> list[str]:
+        """What QEMU's command line needs for this inspection (the plugin tracer's RAM file and plugin)."""
+        return self.plugin.qemu_args(m) if self.plugin is not None else []
+
+    def close(self) -> None:
+        if self.plugin is not None:
+            self.plugin.close()
 
     def _capture_modules(self, read: kmodlist.Read) -> list[modules_mod.ModuleCapture]:
         """At the marker: the module list, and the text of each module the config loads."""
@@ -310,6 +329,12 @@ class Inspection:
                 # gone): closing the debugger below lets it go on.
                 self.outcome = session.out
                 self.error = f"{err}"
+            if self.plugin is not None:         # the guest is stopped at its marker (or ended): the log is whole
+                booted = self.outcome.captures.get("booted")
+                if self._booted_for_trace:
+                    self.outcome.captures.pop("booted", None)
+                self.outcome.events, self.outcome.model = self.plugin.finish(
+                    booted, console.started, time.monotonic() - console.started)
             try:
                 if dbg.connected:
                     dbg.detach()   # resumes the guest
@@ -335,7 +360,9 @@ class Inspection:
             trace = TraceSummary(len(out.events), out.stop_count, out.ended, counts(out.events),
                                  out.model.check.result() if out.model is not None else None,
                                  tuple(r.to_json() for r in relocations),
-                                 tuple(relocorder.check_order(out.events, relocations)))
+                                 tuple(relocorder.check_order(out.events, relocations)),
+                                 "plugin" if self.plugin is not None else "breakpoints",
+                                 self.plugin.stats.to_json() if self.plugin is not None and self.plugin.stats else None)
         scenario = None
         if self.scenario is not None:
             scenario = ScenarioLog(tuple(LoggedStop.from_json(s.to_json(self.symbols)) for s in out.stops),
