@@ -178,6 +178,7 @@ def convert(log: Iterable[Record], watched: Sequence[Watch], text: Sequence[tupl
     """The trace the plugin's log gives, numbered and replayed over ``model`` (the vmlinux's text regions);
     ``started``: the CLOCK_MONOTONIC seconds its times count from (QEMU's start)."""
     names = {w.id: w.name for w in watched}
+    entries = {w.name: w.start for w in watched}
     starts = [lo for lo, _ in text]
     stats = Stats()
     window = "early"
@@ -194,6 +195,7 @@ def convert(log: Iterable[Record], watched: Sequence[Watch], text: Sequence[tupl
         nonlocal pending
         if pending is not None:
             event = Event(0, pending.t, pending.source, pending.stage, pending.address, b"", bytes(pending.data),
+                          caller=entries.get(pending.caller) if pending.caller else None,
                           caller_symbol=pending.caller, symbol=symbols.format(pending.address),
                           window=pending.window)
             events.append(model.write(event))

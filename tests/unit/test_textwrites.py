@@ -78,6 +78,7 @@ def test_a_copy_made_of_overlapping_stores_is_one_write_with_the_stage_of_its_ca
     assert (e.address, e.new, e.old) == (BASE + 0x10, bytes.fromhex("e80102039090"), bytes(6))
     assert (e.stage, e.caller_symbol, e.source, e.window) == ("paravirt", "apply_paravirt", "text_poke_early",
                                                             "patching")
+    assert e.caller == BASE + 0x2000 and Event.from_json(e.to_json()) == e      # kept in trace.jsonl
     assert e.seq == 1 and e.t == pytest.approx(1.0)
     assert bytes(m.regions[BASE][0x10:0x16]) == bytes.fromhex("e80102039090")
 
