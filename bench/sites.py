@@ -6,7 +6,9 @@
 2. Live: the same boot with and without GDB inspection (captures at
    before-patching and after-patching, every table compared), interleaved,
    natively and as Xen PV dom0: medians of the time to the success marker and
-   of the whole command, and their ratios.
+   of the whole command, and their ratios. Every round prints the load
+   average: the comparison runs while the guest boots, so on a machine whose
+   cores are busy with other guests it takes the guest's CPU.
 
     .venv/bin/python bench/sites.py [--rounds 3] [--mode native|xen-pv|both]
 """
@@ -36,6 +38,11 @@ def drop_caches() -> bool:
         return True
     except OSError:
         return False
+
+
+def load() -> float:
+    """The 1-minute load average (other QEMUs on the machine show up here)."""
+    return float(Path("/proc/loadavg").read_text().split()[0])
 
 
 def static_once() -> tuple[float, int]:
@@ -97,7 +104,7 @@ def main() -> None:
                 for key, value in zip(rows, (pm, pw, gm, gw)):
                     rows[key].append(value)
                 print(f"[{mode}] round {n + 1}: no GDB {pm:5.2f} s to marker, {pw:5.2f} s wall | "
-                      f"inspected {gm:5.2f} s to marker, {gw:5.2f} s wall", flush=True)
+                      f"inspected {gm:5.2f} s to marker, {gw:5.2f} s wall | load {load():.2f}", flush=True)
             med = {k: statistics.median(v) for k, v in rows.items()}
             print(f"[{mode}] medians: no GDB {med['plain_marker']:.2f} s / {med['plain_wall']:.2f} s; "
                   f"inspected {med['gdb_marker']:.2f} s / {med['gdb_wall']:.2f} s; ratio to marker "

@@ -8,7 +8,9 @@ the run pipeline's inspection step and leaves ``self.analysis``
 scenario.jsonl). The inspection itself writes the debugger transcript
 (``gdb.mi.log`` or ``rsp.log``), ``trace.jsonl.gz`` (traced runs: every text
 write, in order) and ``dump-<stop>-<address>.bin`` (a scenario's ``dump``
-actions).
+actions). Each capture is compared, and its ``sites-<capture>.jsonl.gz``
+written, as soon as the session has taken it, in a thread, while the guest
+boots on (``CompareAhead``).
 
 Plain inspections talk GDB/MI; traced runs and scenarios, which stop the guest
 thousands of times, speak the remote protocol to QEMU's gdbstub directly
@@ -22,15 +24,17 @@ import dataclasses
 import difflib
 import gzip
 import json
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
+from typing import Self
 
 from ..analysis import modules as modules_mod
 from ..analysis import orccheck, relocorder
 from ..analysis.findings import Analysis, LoggedStop, ScenarioLog, TraceSummary
 from ..analysis.relocorder import Relocation
-from ..analysis.sites import Capture, Comparison, compare
+from ..analysis.sites import Baseline, Capture, Comparison
 from ..analysis.trace import APPLY_RELOCATE_ADD, MODULE_EVENTS, Event, Explainer, Model, counts, write_jsonl
 from ..analysis.unwind import UnwindCheck
 from ..config import Inspect
@@ -43,6 +47,7 @@ from ..elf.orc import OrcTable
 from ..elf.vmlinux import Site, Symbols, Vmlinux
 from ..errors import ConfigError, ImageError, InfrastructureError, LaunchError
 from ..kernel.image import Kernel
+from ..report.artefacts import sites_file, write_sites_file
 from ..scenario import Scenario, resolve
 from ..vm.machine import Machine
 from ..vm.qemu import Qemu
@@ -83,9 +88,9 @@ def load_tables(kernel: Kernel, note: Note) -> tuple[Vmlinux, Symbols, dict[str,
     return vmlinux, symbols or Symbols.from_elf(kernel.vmlinux), sites
 
 
-def comparisons_for(vmlinux: Vmlinux, symbols: Symbols, sites: Mapping[str, list[Site]],
-                    captures: Mapping[str, Capture], report_tables: Sequence[str],
-                    known_more: Sequence[tuple[int, int]] = ()) -> dict[str, Comparison]:
+def baseline_for(vmlinux: Vmlinux, symbols: Symbols, sites: Mapping[str, list[Site]], report_tables: Sequence[str],
+                 known_more: Sequence[tuple[int, int]] = ()) -> Baseline:
+    """What every capture of the reported tables is compared against."""
     pv_ops = vmlinux.pv_ops_address()
     pv_targets = ({s.address: pv_ops + 8 * s.slot for s in sites.get("paravirt", []) if s.slot is not None}
                   if pv_ops is not None else {})
@@ -100,12 +105,94 @@ def comparisons_for(vmlinux: Vmlinux, symbols: Symbols, sites: Mapping[str, list
               if table not in report_tables for s in found]
     known += known_more
     reported = {table: sites[table] for table in report_tables if table in sites}
-    out: dict[str, Comparison] = {}
-    for name, cap in captures.items():
-        elf = {start: vmlinux.read(start, len(data)) for start, data in cap.regions.items()}
-        comparison = compare(reported, cap, elf, symbols, pv_targets, extra_known=known)
-        out[name] = dataclasses.replace(comparison, notes=tuple(vmlinux.notes))
-    return out
+    return Baseline(reported, symbols, pv_targets, extra_known=known)
+
+
+def compared(vmlinux: Vmlinux, baseline: Baseline, capture: Capture) -> Comparison:
+    elf = {start: vmlinux.read(start, len(data)) for start, data in capture.regions.items()}
+    return dataclasses.replace(baseline.compare(capture, elf), notes=tuple(vmlinux.notes))
+
+
+def comparisons_for(vmlinux: Vmlinux, symbols: Symbols, sites: Mapping[str, list[Site]],
+                    captures: Mapping[str, Capture], report_tables: Sequence[str],
+                    known_more: Sequence[tuple[int, int]] = ()) -> dict[str, Comparison]:
+    # One baseline for every capture: the known ranges, the names, and the sites' states carried over.
+    baseline = baseline_for(vmlinux, symbols, sites, report_tables, known_more)
+    return {name: compared(vmlinux, baseline, cap) for name, cap in captures.items()}
+
+
+class CompareAhead:
+    """Compares each capture as soon as the session has taken it, while the guest boots on.
+
+    Comparing 130k sites and making their site file's lines costs about a second a capture, and the
+    session spends the boot waiting on the guest (QEMU and GDB are processes of their own): the guest
+    runs for seconds after after-patching before its marker. So a thread builds the baseline and names
+    every site while the guest boots, then compares each capture that appears; what it has not done
+    when the session ends (a capture at the marker, or all of them if it failed) is done then. Only
+    this thread touches the baseline until it has stopped. Used as a context manager around the session.
+    """
+
+    def __init__(self, make: Callable[[], Baseline], vmlinux: Vmlinux, outdir: Path | None = None) -> None:
+        self._make = make
+        self._vmlinux = vmlinux
+        self._outdir = outdir      # where each capture's site file is written as soon as it is compared
+        self._baseline: Baseline | None = None
+        self._done: dict[str, tuple[Capture, Comparison]] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def follow(self, captures: Mapping[str, Capture], ignore: Collection[str] = ()) -> None:
+        """Start comparing the captures the session puts into ``captures`` (but those named in ``ignore``)."""
+        self._thread = threading.Thread(target=self._run, args=(captures, frozenset(ignore)), name="compare-ahead",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self, captures: Mapping[str, Capture], ignore: frozenset[str]) -> None:
+        try:
+            baseline = self._baseline = self._make()
+            baseline.prepare()
+            while not self._stop.is_set():
+                for name, cap in list(captures.items()):      # list(): one step, under the GIL
+                    if self._stop.is_set():
+                        return
+                    if name not in ignore and self._done.get(name, (None,))[0] is not cap:
+                        self._done[name] = (cap, self._compare(baseline, name, cap))
+                self._stop.wait(0.05)
+        except Exception:  # noqa: BLE001  # comparisons() does it again in the caller's thread, and raises there
+            self._baseline = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, kind: object, *_: object) -> None:
+        self._stop.set()
+        if self._thread is not None and kind is None:
+            self._thread.join()
+
+    def comparisons(self, captures: Mapping[str, Capture]) -> dict[str, Comparison]:
+        """Every capture compared: what the thread did, and the rest now."""
+        if self._thread is not None and self._thread.is_alive():
+            self._stop.set()
+            self._thread.join()
+        out = {}
+        for name, cap in captures.items():
+            done = self._done.get(name)
+            if done is not None and done[0] is cap:
+                out[name] = done[1]
+            else:       # the rest now: while the guest boots on, when the session ended before its marker
+                self._baseline = self._baseline or self._make()
+                out[name] = self._compare(self._baseline, name, cap)
+        for name in self._done.keys() - captures.keys():     # taken, then dropped (the plugin tracer's booted)
+            if self._outdir is not None:
+                (self._outdir / sites_file(name)).unlink(missing_ok=True)
+        return out
+
+    def _compare(self, baseline: Baseline, name: str, capture: Capture) -> Comparison:
+        comparison = compared(self._vmlinux, baseline, capture)
+        baseline.encode(comparison)
+        if self._outdir is not None:
+            write_sites_file(self._outdir, name, comparison)
+        return comparison
 
 
 def _wait_for_gdbstub(vm: Qemu, console: ConsoleThread, socket: Path, limit: float = 30.0) -> None:
@@ -312,9 +399,15 @@ class Inspection:
             self.trace or self.trace_modules or self.scenario is not None or self.probe is not None)) else "gdb"
         log = self.outdir / ("rsp.log" if kind == "rsp" else "gdb.mi.log")
         _wait_for_gdbstub(vm, console, machine.gdb_socket)
-        with open_debugger(kind, machine.gdb_socket, log, self.kernel.symbols or self.kernel.vmlinux) as dbg:
+        ahead = CompareAhead(lambda: baseline_for(self.vmlinux, self.symbols, self.sites, self.inspect.tables),
+                             self.vmlinux, self.outdir)
+        with open_debugger(kind, machine.gdb_socket, log, self.kernel.symbols or self.kernel.vmlinux) as dbg, ahead:
             dbg.connect()
             session = Session(dbg, console, self.symbols, plan, self._options(vm), self.note)
+            # the plugin tracer's own booted capture is for its self-check, not compared
+            ignore = ("booted",) if self._booted_for_trace else ()
+            if set(plan.captures) - set(ignore):
+                ahead.follow(session.out.captures, ignore)
             try:
                 self.outcome = session.run()
                 self.error = self.outcome.error
@@ -344,8 +437,7 @@ class Inspection:
                     self.error = self.error or f"{err}"
             finally:
                 console.release()
-        comparisons = comparisons_for(self.vmlinux, self.symbols, self.sites, self.outcome.captures,
-                                      self.inspect.tables)
+        comparisons = ahead.comparisons(self.outcome.captures)
         if self.kos and self.outcome.modules is not None:
             comparisons = self._module_comparisons(comparisons)
         self.analysis = self._analysis(comparisons)

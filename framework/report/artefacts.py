@@ -5,7 +5,8 @@ Files in the artefacts directory::
     sites.json                   the index: per capture, counts and every whole-text finding (over-sized
                                  patches and pv sites left indirect by table and index into the site
                                  file); the debugger's error; whether max_stops cut the scenario short
-    sites-<capture>.jsonl.gz     every compared site, one ``SiteState.to_json()`` a line
+    sites-<capture>.jsonl.gz     every compared site, one ``SiteState.to_json()`` a line (``json_line``); the
+                                 inspection writes each ahead, while the guest boots (``write_sites_file``)
     trace.json                   (traced runs) counts per window and stage, the self-check
     scenario.jsonl               (scenarios) every stop with its effects, then each NMI's fate
     orc.json                     (inspect.orc) per capture: boundaries checked per table and op, disagreements
@@ -18,14 +19,16 @@ from __future__ import annotations
 
 import gzip
 import json
+import weakref
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..analysis.findings import Analysis, ScenarioLog, TraceSummary
 from ..analysis.orccheck import OrcReport
 from ..analysis.sites import Comparison, SiteState
 from ..analysis.unwind import UnwindCheck
+from ..elf.vmlinux import Site
 from ..errors import ArtefactError
 
 SITES_INDEX = "sites.json"
@@ -39,12 +42,36 @@ def sites_file(capture: str) -> str:
     return f"sites-{capture}.jsonl.gz"
 
 
+# Site files written ahead of the analysis (the inspection writes each while the guest boots on), by path,
+# and the comparison each holds: write_analysis() does not write one again for the same comparison.
+_ahead: weakref.WeakValueDictionary[Path, Comparison] = weakref.WeakValueDictionary()
+
+
+def write_sites_file(directory: Path, capture: str, comparison: Comparison) -> None:
+    """``sites-<capture>.jsonl.gz`` now, ahead of ``write_analysis`` (which then leaves it as it is)."""
+    path = directory / sites_file(capture)
+    _write_gzip(path, _site_lines(comparison))
+    _ahead[path] = comparison
+
+
 def write_analysis(directory: Path, analysis: Analysis) -> None:
     for name, comparison in analysis.comparisons.items():
-        with gzip.open(directory / sites_file(name), "wt", compresslevel=1) as fh:
-            for states in comparison.sites.values():
-                for st in states:
-                    fh.write(json.dumps(st.to_json()) + "\n")
+        if _ahead.pop(path := directory / sites_file(name), None) is not comparison:
+            _write_gzip(path, _site_lines(comparison))
+    _write_index(directory, analysis)
+
+
+def _site_lines(comparison: Comparison) -> bytes:
+    """Every site a line, ``json.dumps(st.to_json())`` (made ahead by inspection.py while the guest booted)."""
+    return "".join([st.json_line for states in comparison.sites.values() for st in states]).encode("ascii")
+
+
+def _write_gzip(path: Path, data: bytes) -> None:
+    # mtime 0: one zlib call (gzip.compress), and the same bytes for the same sites
+    path.write_bytes(gzip.compress(data, compresslevel=1, mtime=0))
+
+
+def _write_index(directory: Path, analysis: Analysis) -> None:
     index: dict[str, object] = {
         "captures": {name: _summary(c) for name, c in analysis.comparisons.items()}, "error": analysis.error}
     if analysis.scenario is not None:
@@ -75,17 +102,18 @@ def _ref(st: SiteState) -> dict[str, object]:
     return {**module, "table": st.site.table, "index": st.site.index}
 
 
-def _expand(summary: Mapping[str, object], sites: list[Mapping[str, object]]) -> dict[str, object]:
+def _expand(summary: Mapping[str, object], sites: Sequence[SiteState]) -> dict[str, object]:
     """The index entry with its site references replaced by the sites (entries already whole are kept)."""
-    by_key = {(row.get("module"), row.get("table"), row.get("index")): row for row in sites}
+    by_key: dict[tuple[object, object, object], SiteState] = {
+        (st.site.module, st.site.table, st.site.index): st for st in sites}
 
     def whole(ref: object) -> object:
         if not isinstance(ref, dict) or "state" in ref:
             return ref
-        row = by_key.get((ref.get("module"), ref.get("table"), ref.get("index")))
-        if row is None:
+        st = by_key.get((ref.get("module"), ref.get("table"), ref.get("index")))
+        if st is None:
             raise KeyError(f"no site {ref.get('table')}[{ref.get('index')}] in the site file")
-        return {**row, **({"extra_bytes": ref["extra_bytes"]} if "extra_bytes" in ref else {})}
+        return {**st.to_json(), **({"extra_bytes": ref["extra_bytes"]} if "extra_bytes" in ref else {})}
 
     return {**summary, **{key: [whole(ref) for ref in value] for key in ("oversized", "pv_indirect")
                           if isinstance(value := summary.get(key), list)}}
@@ -102,9 +130,10 @@ def load_analysis(directory: Path) -> Analysis | None:
         if not isinstance(captures, dict):
             raise TypeError("'captures' is not an object")
         comparisons = {}
+        heads: dict[str, tuple[Site, str]] = {}
         for name, summary in captures.items():
             if isinstance(summary, dict):
-                sites = _sites(directory / sites_file(str(name)))
+                sites = _sites(directory / sites_file(str(name)), heads)
                 comparisons[str(name)] = Comparison.from_json(_expand(summary, sites), sites)
         trace = TraceSummary.from_json(read_json_object(directory / TRACE)) if (directory / TRACE).exists() else None
         scenario = None
@@ -162,11 +191,36 @@ def _json_lines(path: Path) -> list[Mapping[str, object]]:
     return rows
 
 
-def _sites(path: Path) -> list[Mapping[str, object]]:
+def _sites(path: Path, heads: dict[str, tuple[Site, str]]) -> list[SiteState]:
     if not path.exists():
         raise ArtefactError(f"{path}: missing, but {SITES_INDEX} names its capture; re-run the config")
     try:
         with gzip.open(path, "rt", encoding="utf-8") as fh:
-            return [json.loads(line) for line in fh if line.strip()]
+            return [_site_state(line, heads) for line in fh if line.strip()]
     except (OSError, EOFError, zlib.error, ValueError) as err:
         raise ArtefactError(f"{path}: damaged ({err}); re-run the config") from None
+
+
+_STATE = ', "state": '
+_STATE_KEYS = {"state", "live", "live_insns"}
+
+
+def _site_state(line: str, heads: dict[str, tuple[Site, str]]) -> SiteState:
+    """One line of a site file. A site's part of its line (its table entry and symbol, everything before
+    "state") is the same in every capture's file: ``heads`` keeps each one read, and the line's own part is
+    all that is parsed again. A line in another form is read whole."""
+    head, _, tail = line.rpartition(_STATE)
+    try:
+        known = heads.get(head) if head else None
+        if known is None and head:
+            data = json.loads(head + "}")
+            if isinstance(data, dict) and "symbol" in data and not _STATE_KEYS & data.keys():
+                known = heads[head] = (Site.from_json(data), str(data["symbol"] or ""))
+        rest = json.loads('{"state": ' + tail) if known is not None else None
+    except (KeyError, TypeError, ValueError):      # not a line as SiteState.json_line spells it
+        known = rest = None
+    if known is None or not isinstance(rest, dict) or not rest.keys() <= _STATE_KEYS:
+        return SiteState.from_json(json.loads(line))
+    return SiteState.from_json({**rest, "symbol": known[1]}, known[0])
+
+
