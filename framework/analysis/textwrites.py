@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from ..elf.vmlinux import Symbols
-from .trace import MAX_EVENT_LEN, Event, Model, stage_of
+from .trace import MAX_EVENT_LEN, STAGE_PREFIXES, Event, Model, stage_of
 
 MAGIC = b"PSTW0002"
 # kind, size, id, vcpu, inside, vaddr, paddr, pc, value, CLOCK_MONOTONIC ns
@@ -53,10 +53,6 @@ WRITERS = ("text_poke_early", "__text_poke", "text_poke", "text_poke_copy", "tex
 # Watched by name besides the stage prefixes: optimize_nops() writes in place (a bypass write for the
 # breakpoint tracer, its own stage here).
 EXTRA_WATCHED = ("optimize_nops", START, PATCHING)
-# The name prefixes trace.stage_of() knows: every text function so named is watched.
-STAGE_PREFIXES = ("apply_paravirt", "apply_retpolines", "apply_returns", "apply_alternatives", "apply_ibt_endbr",
-                  "alternatives_smp", "ftrace_", "__static_call", "arch_static_call", "static_call", "__jump_label",
-                  "arch_jump_label", "jump_label", "text_poke_bp", "int3_", "klp_", "load_module")
 
 
 class LogError(ValueError):
@@ -86,8 +82,9 @@ def _kind(name: str) -> str:
 
 
 def watches(symbols: Symbols, text: Sequence[tuple[int, int]]) -> list[Watch]:
-    """The functions whose entries and returns the plugin logs: every text symbol named like a stage, the
-    writers, and the window boundaries; each one's extent up to the next symbol (disjoint by construction)."""
+    """The functions whose entries and returns the plugin follows: every text symbol named like a stage
+    (trace.STAGE_PREFIXES), the writers, and the window boundaries; each one's extent up to the next symbol
+    (disjoint by construction)."""
     spans = symbols.spans()
     wanted = set(WRITERS) | set(EXTRA_WATCHED)
     starts = [lo for lo, _ in text]

@@ -92,6 +92,10 @@ _STAGE_BY_CALLER = (
 )
 
 
+# Every function whose name starts so is a stage's (the plugin tracer follows their entries and returns).
+STAGE_PREFIXES = tuple(prefix for prefix, _ in _STAGE_BY_CALLER)
+
+
 def stage_of(caller_function: str | None) -> str:
     """``apply_paravirt`` → ``paravirt``; an unknown caller is its own stage."""
     if not caller_function:

@@ -70,7 +70,7 @@ class PluginSetup:
     ram: str                                    # the RAM file's path (see GuestRam)
     ram_bytes: int
     text: tuple[tuple[int, int], ...]          # virtual [start, end) of each text region
-    watches: tuple[str, ...]                    # "watch=ID:START:END" arguments
+    watches: tuple[str, ...]                    # "watch=ID:START:END:KIND" arguments (textwrites.Watch.arg)
     arm: tuple[int, int]                        # logging starts at the first instruction run in here
     free: tuple[int, tuple[int, int]] | None = None     # free_initmem's address, and the init text it frees
     return_thunk: int | None = None
