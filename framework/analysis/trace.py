@@ -189,6 +189,7 @@ class SelfCheck:
     mismatches: list[Mismatch] = field(default_factory=list)
     bypass: dict[str, int] = field(default_factory=dict)        # mechanism -> bytes explained
     unexplained: list[Event] = field(default_factory=list)
+    every_write: bool = False           # the plugin tracer: every write was seen, none is a call to check
 
     @property
     def passed(self) -> bool:
@@ -202,7 +203,8 @@ class SelfCheck:
         return CheckResult(tuple(self.snapshots), self.calls, self.outside,
                            tuple(m.to_json() for m in self.mismatches[:MAX_KEPT]), len(self.mismatches),
                            dict(sorted(self.bypass.items())),
-                           tuple(e.to_json() for e in self.unexplained[:MAX_KEPT]), len(self.unexplained))
+                           tuple(e.to_json() for e in self.unexplained[:MAX_KEPT]), len(self.unexplained),
+                           self.every_write)
 
 
 MAX_KEPT = 50
@@ -220,6 +222,7 @@ class CheckResult:
     bypass: Mapping[str, int]                          # mechanism -> bytes explained
     unexplained: tuple[Mapping[str, object], ...]      # the first MAX_KEPT, as Event.to_json()
     unexplained_count: int
+    every_write: bool = False                          # the plugin tracer's: writes seen, not calls
 
     @property
     def passed(self) -> bool:
@@ -229,6 +232,9 @@ class CheckResult:
         if not self.snapshots:
             return "no snapshot was taken, so the trace could not be checked"
         verdict = "passed" if self.passed else "FAILED"
+        if self.every_write:
+            return (f"self-check {verdict}: {self.calls} writes replayed over the vmlinux give the live text at "
+                    f"{self.snapshots[-1]} but for {self.unexplained_count} unexplained differences")
         bypass = ", ".join(f"{k} {v} B" for k, v in sorted(self.bypass.items())) or "none"
         return (f"self-check {verdict}: {self.calls} calls replayed over the vmlinux up to "
                 f"{self.snapshots[-1]}; {self.mismatch_count} with old bytes the model did not hold; "
@@ -239,7 +245,8 @@ class CheckResult:
                 "outside": self.outside, "mismatches": [dict(m) for m in self.mismatches],
                 "mismatch_count": self.mismatch_count, "bypass": dict(self.bypass),
                 "unexplained": [dict(e) for e in self.unexplained],
-                "unexplained_count": self.unexplained_count, "summary": self.summary()}
+                "unexplained_count": self.unexplained_count, "every_write": self.every_write,
+                "summary": self.summary()}
 
     @staticmethod
     def from_json(data: Mapping[str, object]) -> CheckResult:
@@ -253,7 +260,8 @@ class CheckResult:
                            int(str(data.get("calls") or 0)), int(str(data.get("outside") or 0)),
                            rows("mismatches"), int(str(data.get("mismatch_count") or 0)),
                            {str(k): int(v) for k, v in bypass.items()} if isinstance(bypass, dict) else {},
-                           rows("unexplained"), int(str(data.get("unexplained_count") or 0)))
+                           rows("unexplained"), int(str(data.get("unexplained_count") or 0)),
+                           data.get("every_write") is True)
 
 
 # --- the model --------------------------------------------------------------------------------

@@ -62,6 +62,7 @@ class PluginTracer:
         explainer = Explainer(self.sites, self.symbols)
         explainer.strict = True
         model = Model(self.regions, explainer, self.symbols)
+        model.check.every_write = True
         try:
             with open(self.log, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
                 events, self.stats = textwrites.convert(textwrites.records(data), self.watched, self.text,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from framework.analysis import textwrites as tw
-from framework.analysis.trace import Event, Explainer, Model
+from framework.analysis.trace import CheckResult, Event, Explainer, Model
 from framework.elf.vmlinux import Symbols
 from framework.vm import plugin
 
@@ -131,10 +131,15 @@ def test_the_self_check_fails_on_a_write_the_log_missed() -> None:
     live[8] = 0x90
     assert m.snapshot("booted", {BASE: bytes(live)}, "live", 3.0) == []
     assert m.check.result().passed
+    m.check.every_write = True
+    assert m.check.result().summary() == ("self-check passed: 1 writes replayed over the vmlinux give the live "
+                                          "text at booted but for 0 unexplained differences")
     live[9] = 0xCC                                  # a write the plugin did not see: nothing explains it away
     (missed,) = m.snapshot("booted", {BASE: bytes(live)}, "live", 3.0)
     assert missed.stage == "unexplained" and missed.address == BASE + 9
-    assert not m.check.result().passed
+    result = m.check.result()
+    assert not result.passed and "FAILED" in result.summary()
+    assert CheckResult.from_json(result.to_json()) == result       # trace.json keeps which kind of check
 
 
 def test_a_log_cut_short_ends_at_its_first_empty_record_and_a_foreign_file_is_refused() -> None:
