@@ -54,7 +54,7 @@ from .observe.debug import DebugSession
 from .observe.inspection import Inspection
 from .report.result import QemuRun, RunResult, write_result
 from .verdict import could_not_run, judge
-from .vm import machine
+from .vm import machine, plugin
 from .vm.qemu import Qemu, private_socket_dir, probe_kvm
 
 
@@ -72,14 +72,26 @@ class RunRequest:
     tracer: Tracer | None = None  # what records a trace; None: the plugin, but breakpoints under KVM or a scenario
 
 
-def tracer_for(req: RunRequest) -> Tracer:
+def tracer_for(req: RunRequest, plugin_builds: Callable[[], str | None] = lambda: None) -> Tracer:
     """The tracer a run uses: the plugin unless told otherwise, or under KVM (no TCG, no plugins), with a
-    scenario (which can skip a write: only a breakpoint on the writer sees that), or with modules to load (the
-    plugin follows the kernel's own text, not a module's)."""
+    scenario (which can skip a write: only a breakpoint on the writer sees that), with modules to load (the
+    plugin follows the kernel's own text, not a module's), or when the plugin does not build here
+    (``plugin_builds``: why not, or None)."""
     if req.tracer is not None:
         return req.tracer
     plugin_blind = req.accel == "kvm" or req.config.scenario is not None or bool(req.config.modules)
-    return "breakpoints" if plugin_blind else "plugin"
+    return "breakpoints" if plugin_blind or plugin_builds() is not None else "plugin"
+
+
+def _plugin_builds(note: Note) -> Callable[[], str | None]:
+    def why_not() -> str | None:
+        try:
+            plugin.build_plugin(note)
+        except PatchscopeError as err:
+            note(f"trace: by breakpoints, as the text-write plugin cannot be had here: {err}")
+            return str(err)
+        return None
+    return why_not
 
 
 def artifacts_dir(root: Path, name: str, mode: str) -> Path:
@@ -288,7 +300,8 @@ def _execute(req: RunRequest, note: Note) -> RunResult:
                                     trace=req.trace or inspect.trace, scenario=cfg.scenario,
                                     trace_modules=inspect.trace_modules,
                                     debugger=req.debugger, modules=[(m.name, m.path) for m in modules],
-                                    tracer=tracer_for(req))
+                                    tracer=tracer_for(req, _plugin_builds(note)) if req.trace or inspect.trace
+                                    else "breakpoints")
         lines, ending = _boot(req, kernel, hypervisor, note, facts, inspection, modules)
         if facts.hypervisor is not None:
             facts.hypervisor["banner"] = xen.banner([text for _, text in lines])

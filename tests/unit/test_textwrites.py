@@ -244,3 +244,14 @@ def test_the_plugin_builds_once_and_exports_the_version_1_entry_points(tmp_path:
     lib = ctypes.CDLL(str(so), mode=os.RTLD_LAZY)      # QEMU's API functions resolve when QEMU loads it
     assert ctypes.c_int.in_dll(lib, "qemu_plugin_version").value == 1
     assert hasattr(lib, "qemu_plugin_install")
+
+
+def test_the_default_falls_back_to_breakpoints_where_the_plugin_does_not_build(tmp_path: Path) -> None:
+    from framework.config import default_config
+    from framework.pipeline import RunRequest, tracer_for
+
+    plain = default_config("t")
+    assert tracer_for(RunRequest(plain, "native", tmp_path), lambda: "no gcc") == "breakpoints"
+    assert tracer_for(RunRequest(plain, "native", tmp_path), lambda: None) == "plugin"
+    asked = RunRequest(plain, "native", tmp_path, tracer="plugin")       # asked for: built, or a clear error
+    assert tracer_for(asked, lambda: "no gcc") == "plugin"
