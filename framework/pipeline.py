@@ -69,7 +69,7 @@ class RunRequest:
     stop_at: str | None = None    # with gdb: where GDB stops the guest first
     trace: bool = False           # record every text write (patchscope trace), whatever the config says
     debugger: DebuggerKind = "auto"   # what drives the gdbstub; auto: rsp for traces and scenarios, else gdb
-    tracer: Tracer | None = None  # what records a trace; None: the plugin, but breakpoints under KVM or a scenario
+    tracer: Tracer | None = None  # what records a trace; None: as tracer_for() decides
 
 
 def tracer_for(req: RunRequest, plugin_builds: Callable[[], str | None] = lambda: None) -> Tracer:
