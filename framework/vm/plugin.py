@@ -9,6 +9,7 @@ when patchscope is killed.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -28,7 +29,10 @@ PC_LOWMEM_LIMIT = 0xE0000000
 PC_LOWMEM_SPLIT = 0xC0000000
 
 
+@functools.cache
 def _compiler_id(gcc: str) -> str:
+    """gcc's first --version line, part of the cache key; asked once a process (a traced run builds twice:
+    to choose the tracer, then to load it)."""
     out = subprocess.run([gcc, "--version"], capture_output=True, text=True, check=False).stdout
     return out.splitlines()[0] if out else gcc
 
