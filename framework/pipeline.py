@@ -51,9 +51,10 @@ from .kernel.modules import ModuleFile, resolve_modules
 from .kernel.refs import DebianRef, KernelRef, list_recipes, parse_ref
 from .observe.console import ConsoleThread
 from .observe.debug import DebugSession
+from .observe.fork import Forking, MakeResult
 from .observe.inspection import Inspection
 from .report.result import QemuRun, RunResult, write_result
-from .verdict import could_not_run, judge
+from .verdict import Verdict, could_not_run, judge
 from .vm import machine, plugin
 from .vm.qemu import Qemu, private_socket_dir, probe_kvm
 
@@ -291,7 +292,12 @@ def _execute(req: RunRequest, note: Note) -> RunResult:
         hypervisor = prepare_xen(cfg, note) if req.mode == "xen-pv" else None
         if hypervisor is not None:
             facts.hypervisor = hypervisor.identity()
-        if req.gdb:
+        if cfg.fork is not None:
+            if req.gdb or req.interactive or req.trace:
+                raise UnsupportedError(f"{cfg.path or cfg.name}: a forked run (fork:) drives the guest through its "
+                                       "points itself; boot --gdb, --interactive and trace do not apply to it")
+            inspection = Forking(kernel, cfg, req.mode, out, note, _point_result(req, facts))
+        elif req.gdb:
             inspection = DebugSession(kernel.symbols, req.stop_at, out / "console.log")
         elif (cfg.inspect is not None or cfg.scenario is not None or req.trace) and not req.interactive:
             inspect = cfg.inspect or Inspect(captures=())   # a scenario or a trace alone compares no sites
@@ -305,8 +311,11 @@ def _execute(req: RunRequest, note: Note) -> RunResult:
         lines, ending = _boot(req, kernel, hypervisor, note, facts, inspection, modules)
         if facts.hypervisor is not None:
             facts.hypervisor["banner"] = xen.banner([text for _, text in lines])
-        observation = observe(lines, ending)
-        verdict = judge(cfg, observation, _analysis(inspection), req.mode)
+        if isinstance(inspection, Forking):
+            verdict = inspection.verdict()      # every point was judged on its own console (points/<n>-…/)
+        else:
+            observation = observe(lines, ending)
+            verdict = judge(cfg, observation, _analysis(inspection), req.mode)
         error = None
     except PatchscopeError as err:
         error = str(err)
@@ -330,9 +339,27 @@ def _execute(req: RunRequest, note: Note) -> RunResult:
             launch_output=facts.launch_output, kernel=facts.kernel, symbol_source=facts.symbol_source,
             hypervisor=facts.hypervisor, accel=facts.accel,
             qemu=QemuRun(tuple(facts.argv), facts.pid, facts.exitcode) if facts.argv else None,
-            observation=observation, analysis=_analysis(inspection))
+            observation=observation, analysis=_analysis(inspection),
+            fork=inspection.summary() if isinstance(inspection, Forking) else None)
         write_result(out, result)
     return result
+
+
+def _point_result(req: RunRequest, facts: _Facts) -> MakeResult:
+    """How a forked run's point becomes a result of its own, with the run's kernel, QEMU and accel."""
+    cfg = req.config
+
+    def make(point: Config, folder: Path, verdict: Verdict, observation: Observation | None,
+             analysis: Analysis | None, seconds: float, fork: dict[str, object]) -> RunResult:
+        return RunResult(
+            name=cfg.name, mode=req.mode, verdict=verdict.verdict, reasons=verdict.reasons, artifacts=str(folder),
+            started=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            duration_s=round(seconds, 3), patchscope=__version__,
+            config=str(cfg.path) if cfg.path else None, expect=_expect_values(point),
+            kernel=facts.kernel, symbol_source=facts.symbol_source, hypervisor=facts.hypervisor, accel=facts.accel,
+            qemu=QemuRun(tuple(facts.argv), facts.pid, None) if facts.argv else None,
+            observation=observation, analysis=analysis, fork=fork)
+    return make
 
 
 def _analysis(inspection: DebugStep | None) -> Analysis | None:
@@ -366,6 +393,8 @@ def _boot(req: RunRequest, kernel: Kernel, hypervisor: xen.Hypervisor | None, no
         hypervisor=hypervisor.image if hypervisor else None,
         xen_cmdline=machine.xen_cmdline(cfg.dom0_memory_mib, cfg.xen_cmdline),
         gdb_socket=sockdir / "gdb.sock" if inspect is not None else None, stopped=inspect is not None)
+    if isinstance(inspect, Forking):
+        m = dataclasses.replace(m, extra=(*m.extra, *inspect.qemu_args(m)))
     if isinstance(inspect, Inspection):
         if inspect.plugin is not None and accel == "kvm":
             raise UnsupportedError("the plugin tracer needs TCG (QEMU runs no TCG plugin under KVM): trace with "
@@ -400,9 +429,14 @@ def _boot(req: RunRequest, kernel: Kernel, hypervisor: xen.Hypervisor | None, no
                             if isinstance(inspect, Inspection) and inspect.plugin is not None else "")
                     raise LaunchError(f"QEMU did not start: {(own or said or [str(err)])[-1][:300]}{hint}", argv,
                                       vm.exitcode, printed[-4000:]) from None
-                console = ConsoleThread(vm.read, log, vm.started, timeout=cfg.timeout, silence=cfg.silence,
-                                        exitcode=lambda: vm.exitcode,
-                                        on_line=None if req.gdb else _stage_printer(note, cfg.name, req.mode))
+                forking = inspect if isinstance(inspect, Forking) else None
+                printer = _stage_printer(note, cfg.name, req.mode)
+                console = ConsoleThread(vm.read, log, vm.started, silence=cfg.silence, exitcode=lambda: vm.exitcode,
+                                        timeout=forking.console_timeout() if forking else cfg.timeout,
+                                        # a forked run: the stages of the boot to its snapshot, not every point's
+                                        on_line=None if req.gdb else printer if forking is None else
+                                        lambda t, text: None if forking.forked else printer(t, text),
+                                        forked=forking is not None)
                 vm.drain_on_wait = False
                 if inspect is not None:
                     console.hold()   # QEMU waits for GDB (-S): no silence before the guest runs
@@ -410,6 +444,8 @@ def _boot(req: RunRequest, kernel: Kernel, hypervisor: xen.Hypervisor | None, no
                 try:
                     if inspect is not None:
                         inspect(vm, console, m)
+                    if forking is not None:
+                        vm.shutdown()       # the last point's guest is stopped, or paused by its power-off
                     lines, ending = console.result()
                 finally:
                     if not console.finished.is_set():
@@ -418,7 +454,7 @@ def _boot(req: RunRequest, kernel: Kernel, hypervisor: xen.Hypervisor | None, no
     finally:
         vm.shutdown()
         facts.exitcode = vm.exitcode
-        if isinstance(inspect, Inspection):
+        if isinstance(inspect, (Inspection, Forking)):
             inspect.close()
     if ending.reason == "exit" and vm.exitcode is not None and vm.exitcode < 0:
         # QEMU ends by itself with a status; a signal that patchscope did not send killed it (the OOM killer,

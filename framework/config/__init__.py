@@ -82,6 +82,13 @@ Schema (every key is optional)::
             - record: [addr, len, rsp]    # EXPRs into the log; bare "record": the function's arguments
             - inject-nmi                  # QMP inject-nmi
             - continue                    # only last
+    fork:                    # boot once to here, save the machine (savevm), run every point from it
+      at: alternative_instructions        # a function, symbol+0x10 or an address
+      hit: 1                              # its hit-th arrival (>= 1); default 1
+    sweep:                   # the points; each is judged as a run of its own (needs fork:)
+      hit: 1..2000 step 100               # a range ("1..20"), or a list: [1, 5, 9], [irq.save_fl, cpu.io_delay]
+                             # every combination of the parameters is a point (at most 1000);
+                             # ${hit} in scenario: and expect: is the point's value
 
 EXPR: integers (decimal, 0x hex), registers (rax … r15, rip, rsp, eflags), the
 function's arguments, and kernel symbols (their address), with ``+ - *`` and
@@ -109,6 +116,9 @@ Impossible combinations, each reported at the line of the offending key:
   hold is reported at its line once the kernel is known, before it boots
   (:func:`framework.kernel.modules.resolve_modules`);
 * ``silence`` longer than ``timeout``;
+* ``sweep`` without ``fork``; ``fork`` with ``inspect`` or ``modules`` (a forked run
+  takes no captures or trace); a ``${name}`` that no sweep parameter has, or outside
+  ``scenario:`` and ``expect:``; a parameter never used; more than 1000 points;
 * a regex that does not compile, or an empty one (it would match anything);
 * ``expect.stops`` without a scenario, or at a place no rule stops at; ``expect.nmi``
   without an ``inject-nmi`` action; a scenario without rules, a rule without
@@ -152,7 +162,8 @@ from .model import (
     UnwindSpec,
 )
 from .overrides import default_config, to_yaml_dict, with_overrides
-from .schema import MAX_CONFIG_BYTES, MAX_NAME_LENGTH, load_config, parse_config
+from .schema import MAX_CONFIG_BYTES, MAX_NAME_LENGTH, load_config, parse_config, sweep_point
+from .sweep import Fork, Sweep
 
 __all__ = [
     "DEFAULT_DOM0_MEMORY_MIB",
@@ -165,6 +176,7 @@ __all__ = [
     "Config",
     "ConsoleExpect",
     "Expect",
+    "Fork",
     "Inspect",
     "Mode",
     "ModuleSpec",
@@ -172,10 +184,12 @@ __all__ = [
     "QemuOptions",
     "Requires",
     "SiteAssertion",
+    "Sweep",
     "UnwindSpec",
     "default_config",
     "load_config",
     "parse_config",
+    "sweep_point",
     "to_yaml_dict",
     "with_overrides",
 ]

@@ -13,6 +13,7 @@ from typing import Literal, TypeVar
 
 from ..domain import DEFAULT_HYPERVISOR, DEFAULT_KERNEL, MODES, TABLES, Mode, Outcome
 from ..scenario import Scenario, StopExpect
+from .sweep import Fork, Sweep
 
 __all__ = [
     "DEFAULT_DOM0_MEMORY_MIB",
@@ -254,6 +255,8 @@ class Config:
     inspect: Inspect | None = None
     scenario: Scenario | None = None
     requires: Requires = Requires()
+    fork: Fork | None = None          # boot once to a snapshot there; each sweep point runs from it
+    sweep: Sweep | None = None        # the points (one, without a sweep); None in each point's own config
     # Dotted key -> 1-based line ("expect.outcome", "cmdline[2]"); read-only by convention.
     # Not part of equality: the same settings laid out differently are the same config.
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, hash=False)

@@ -22,7 +22,7 @@ from .. import yamlnode as yn
 from ..domain import CAPTURE_POINTS, DEFAULT_HYPERVISOR, DEFAULT_KERNEL, MODES, OUTCOMES, TABLES, Mode, Outcome
 from ..domain import SITE_STATES as STATES
 from ..elf.modinfo import KO_SUFFIXES, module_name, strip_ko_suffix
-from ..scenario import Scenario, StopExpect
+from ..scenario import Scenario, StopExpect, parse_location
 from ..scenario import parse as scenario_parse
 from .model import (
     CAPTURE_READERS,
@@ -43,12 +43,13 @@ from .model import (
     UnwindSpec,
 )
 from .model import MODULE_LOADS as _MODULE_LOADS
+from .sweep import PLACEHOLDER, Fork, Sweep, parse_sweep, probe_sweep
 
 # The tables inspect.unwind may stop in: those whose patched sites can hold several instructions.
 UNWIND_TABLES = ("paravirt", "alternatives")
 
 __all__ = ["MAX_CONFIG_BYTES", "MAX_NAME_LENGTH", "SCHEMA", "build_config", "load_config", "parse_config",
-           "parse_modes"]
+           "parse_modes", "sweep_point"]
 
 MAX_CONFIG_BYTES = 256 * 1024
 MAX_NAME_LENGTH = 100
@@ -501,6 +502,12 @@ SCHEMA = yn.Section({
         }),
     }),
     "scenario": scenario_parse.SCENARIO,
+    "fork": yn.Section({
+        "at": yn.text("a kernel function (or symbol+offset, or an address) where the snapshot is taken, "
+                      "e.g. alternative_instructions", pattern=r"\S+"),
+        "hit": yn.count,
+    }),
+    "sweep": parse_sweep,
     "requires": yn.Section({
         "kernel": _kernel_range,
         "symbols": yn.names("a kernel symbol or a list of them", _symbol_name),
@@ -582,6 +589,7 @@ def build_config(ctx: yn.Ctx, values: Mapping[str, object], name: str, path: Pat
     _check_sites(ctx, "expect", expect, sites, inspect)
 
     scenario = scenario_parse.build_scenario(ctx, values)
+    fork = _fork(ctx, values, inspect, modules)
     stops = get(expect, "stops", cast(tuple[StopExpect, ...], ()))
     nmi = cast(str | tuple[str, ...] | None, expect.get("nmi"))
     _check_scenario_checks(ctx, "expect", stops, nmi, scenario)
@@ -637,8 +645,38 @@ def build_config(ctx: yn.Ctx, values: Mapping[str, object], name: str, path: Pat
         scenario=scenario,
         requires=Requires(kernel=get(requires, "kernel", ()), symbols=get(requires, "symbols", ()),
                           tables=get(requires, "tables", ())),
+        fork=fork,
+        sweep=cast(Sweep | None, values.get("sweep")),
         lines=dict(lines),
     )
+
+
+def _fork(ctx: yn.Ctx, values: Mapping[str, object], inspect: Inspect | None,
+          modules: tuple[ModuleSpec, ...]) -> Fork | None:
+    """``fork:``, checked against what a forked run can do; a sweep needs it."""
+    section = cast(Mapping[str, object] | None, values.get("fork"))
+    lines = ctx.lines
+    if section is None:
+        if "sweep" in values:
+            raise ctx.fail(lines.get("sweep"), "sweep: runs each point from one snapshot, and needs fork: to say "
+                                               "where it is taken, e.g. fork: {at: alternative_instructions}")
+        return None
+    if "at" not in section:
+        raise ctx.fail(lines.get("fork"), "fork needs at: the function where the snapshot is taken, "
+                                          "e.g. fork: {at: alternative_instructions}")
+    at = cast(str, section["at"])
+    try:
+        parse_location(at)
+    except ValueError as err:
+        raise ctx.fail(lines.get("fork.at"), f"fork.at: {err}") from None
+    if inspect is not None:
+        raise ctx.fail(lines.get("inspect", lines.get("fork")),
+                       "inspect: is not supported in a forked run (fork:): its points take no captures or trace; "
+                       "remove inspect: or fork:")
+    if modules:
+        raise ctx.fail(lines.get("modules", lines.get("fork")),
+                       "modules: are not supported in a forked run (fork:); remove modules: or fork:")
+    return Fork(at, cast(int, section.get("hit", 1)), lines.get("fork"))
 
 
 def _overlay(ctx: yn.Ctx, mode: Mode, values: Mapping[str, object], base: Expect, initramfs: str,
@@ -741,12 +779,36 @@ def parse_config(text: str, path: Path | None = None) -> Config:
     """Parse and validate config text; ``path`` names it in errors and anchors relative paths."""
     base = Path(os.path.abspath(path.parent)) if path is not None else Path.cwd()
     ctx = yn.Ctx(path, base, SCHEMA)
+    sweep: Sweep | None = None
+    if PLACEHOLDER.search(text) is not None or "sweep" in text:
+        # The sweep is read first, from the text with each ${…} as 0, then the config is the first point's.
+        probe = yn.parse_yaml(yn.Ctx(path, base, SCHEMA), PLACEHOLDER.sub("0", text), kind="config",
+                              limit=MAX_CONFIG_BYTES, if_empty="write '{}' to take every default")
+        sweep = probe_sweep(yn.Ctx(path, base, SCHEMA), text, probe)
+        if sweep is not None:
+            text = sweep.text(0)
     root = yn.parse_yaml(ctx, text, kind="config", limit=MAX_CONFIG_BYTES,
                          if_empty="write '{}' to take every default")
     if not yn.is_null(root) and not yn.is_mapping(root):
         raise ctx.fail(root, f"a config must be a mapping of keys (like 'timeout: 60'), not {yn.describe(root)}")
     values = yn.read_section(ctx, root, SCHEMA)
-    return build_config(ctx, values, _default_name(path), path)
+    config = build_config(ctx, values, _default_name(path), path)
+    return dataclasses.replace(config, sweep=sweep) if sweep is not None else config
+
+
+def sweep_point(config: Config, index: int) -> Config:
+    """Point ``index`` (0-based) of ``config``'s sweep: its scenario and expectations, with the point's values
+    written in; everything else is ``config``'s (command-line overrides included). Not a sweep itself."""
+    sweep = config.sweep
+    if sweep is None:
+        return config
+    text = sweep.text(index)
+    base = Path(os.path.abspath(config.path.parent)) if config.path is not None else Path.cwd()
+    ctx = yn.Ctx(config.path, base, SCHEMA)
+    root = yn.parse_yaml(ctx, text, kind="config", limit=MAX_CONFIG_BYTES)
+    point = build_config(ctx, yn.read_section(ctx, root, SCHEMA), config.name, config.path)
+    return dataclasses.replace(config, scenario=point.scenario, expect=point.expect, expect_modes=point.expect_modes,
+                               sweep=None)
 
 
 def load_config(path: Path) -> Config:

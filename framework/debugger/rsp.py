@@ -648,6 +648,12 @@ class Rsp:
                 raise RspTimeout(what, "stop reply", wait, "^C") from None
         return self._stop(packet)
 
+    def state_replaced(self) -> None:
+        """The stopped guest's state was replaced behind the gdbstub's back (QMP loadvm of a snapshot): what
+        was read at the last stop (the registers, the pc a continue steps off from) no longer holds."""
+        self._check_stopped("forget the stop's registers")
+        self._g, self._pc = None, None
+
     # registers and memory --------------------------------------------------------------------
     def registers(self, names: Sequence[str] = DEFAULT_REGISTERS) -> dict[str, int]:
         """``names`` as the target description names them, from one ``g`` per stop (``p`` for the rest)."""

@@ -31,7 +31,9 @@ def monitor(read: Callable[[float], bytes | None], log: TextIO, started: float, 
             held: Callable[[], bool] | None = None,
             touched: Callable[[], float] | None = None,
             fatal: threading.Event | None = None,
-            marker: threading.Event | None = None) -> tuple[list[TimedLine], Ending]:
+            marker: threading.Event | None = None,
+            segment: Callable[[], int] | None = None,
+            lines: list[TimedLine] | None = None) -> tuple[list[TimedLine], Ending]:
     """Read the console until the run ends; returns every line and how it ended.
 
     ``read(t)`` returns bytes (b"" if none within t seconds) or None at EOF.
@@ -40,12 +42,16 @@ def monitor(read: Callable[[float], bytes | None], log: TextIO, started: float, 
     ``touched()`` (when the debugger last stopped the guest) restarts it: a guest stopped
     thousands of times, slowly, is busy, not hung.
     ``fatal`` and ``marker`` are set on the first fatal crash line and the success marker.
+    With ``segment`` (a forked run: one boot, then one guest after another from a snapshot) neither a
+    crash nor the marker ends the monitor; each new value of ``segment()`` starts a new guest, whose
+    crash and marker are looked for afresh. ``lines``, when given, is filled as the lines arrive.
     """
     splitter = LineSplitter()
-    lines: list[TimedLine] = []
+    lines = [] if lines is None else lines
     last_output = time.monotonic()
     fatal_at: float | None = None
     done_at: float | None = None
+    current = segment() if segment is not None else 0
 
     def take(text: str) -> None:
         nonlocal fatal_at, done_at
@@ -72,15 +78,18 @@ def monitor(read: Callable[[float], bytes | None], log: TextIO, started: float, 
 
     while True:
         now = time.monotonic()
+        if segment is not None and segment() != current:
+            current = segment()
+            fatal_at = done_at = None
         if held is not None and held():
             last_output = now
         if touched is not None:
             last_output = max(last_output, touched())
         ends: list[tuple[float, EndReason]] = [(started + timeout, "timeout"),
                                                (last_output + silence, "silence")]
-        if fatal_at is not None:
+        if fatal_at is not None and segment is None:
             ends.append((min(last_output + FATAL_GRACE, fatal_at + FATAL_CAP), "fatal"))
-        if done_at is not None:
+        if done_at is not None and segment is None:
             ends.append((done_at + DONE_GRACE, "done"))
         at, reason = min(ends)
         if now >= at:
@@ -104,7 +113,7 @@ class ConsoleThread(threading.Thread):
 
     def __init__(self, read: Callable[[float], bytes | None], log: TextIO, started: float, *,
                  timeout: float, silence: float, exitcode: Callable[[], int | None],
-                 on_line: Callable[[float, str], None] | None = None) -> None:
+                 on_line: Callable[[float, str], None] | None = None, forked: bool = False) -> None:
         super().__init__(name="patchscope-console", daemon=True)
         self._read, self._log, self._t0 = read, log, started
         self.started = started              # QEMU's launch, time.monotonic(): the clock of every line
@@ -115,9 +124,28 @@ class ConsoleThread(threading.Thread):
         self.marker = threading.Event()     # the success marker was printed
         self.fatal = threading.Event()      # a fatal crash line was printed
         self.finished = threading.Event()
-        self.lines: list[TimedLine] = []
+        self.lines: list[TimedLine] = []   # filled as lines arrive
         self.ending: Ending | None = None
         self.error: BaseException | None = None
+        self._forked = forked
+        self._segment = 0
+
+    def new_segment(self, quiet: float = 0.15, limit: float = 1.0) -> int:
+        """A forked run's next guest starts: once the console has been quiet for ``quiet`` seconds (what the
+        stopped guest printed last has arrived; at most ``limit``), its crash and marker are looked for
+        afresh. Returns the index in ``lines`` of the new guest's first line."""
+        assert self._forked, "new_segment() is for a console made with forked=True"
+        deadline = time.monotonic() + limit
+        seen = len(self.lines)
+        while time.monotonic() < deadline:
+            time.sleep(quiet)
+            if len(self.lines) == seen:
+                break
+            seen = len(self.lines)
+        self.marker.clear()
+        self.fatal.clear()
+        self._segment += 1
+        return len(self.lines)
 
     def hold(self) -> None:
         self._held.set()
@@ -132,7 +160,8 @@ class ConsoleThread(threading.Thread):
                                               held=self._held.is_set, touched=lambda: self._touched,
                                               timeout=self._timeout,
                                               silence=self._silence, exitcode=self._exitcode,
-                                              fatal=self.fatal, marker=self.marker)
+                                              fatal=self.fatal, marker=self.marker, lines=self.lines,
+                                              segment=(lambda: self._segment) if self._forked else None)
         except BaseException as err:  # noqa: BLE001 - handed to the main thread
             self.error = err
         finally:

@@ -177,6 +177,12 @@ class Session:
         elif label not in point.labels:
             point.labels.append(label)
 
+    def disarm_all(self) -> None:
+        """Remove every breakpoint the session placed (a forked run's next point starts without them)."""
+        for address, point in list(self.points.items()):
+            del self.points[address]
+            self.dbg.delete(point.bp)
+
     def _disarm(self, address: int, label: str) -> None:
         point = self.points.get(address)
         if point is None or label not in point.labels:

@@ -63,12 +63,23 @@ class RunResult:
     qemu: QemuRun | None = None
     observation: Observation | None = None    # None when the run ended before the guest ran
     analysis: Analysis | None = None          # None without a debugger
+    # A forked run (fork:): its snapshot and its points (sweep.json's content); one point's: the snapshot it
+    # started from, the run that took it, its number and values.
+    fork: Mapping[str, object] | None = None
     schema: int = field(default=SCHEMA, compare=False)
 
     @property
     def summary(self) -> str:
         if self.observation is not None:
             return self.observation.summary
+        if self.fork is not None and self.error is None:
+            points = self.fork.get("points")
+            done = points if isinstance(points, list) else []
+            passed = sum(1 for p in done if isinstance(p, dict) and p.get("verdict") == "pass")
+            snapshot = self.fork.get("snapshot")
+            at = snapshot.get("at") if isinstance(snapshot, dict) else None
+            return str(self.fork.get("failure") or
+                       f"{passed} of {self.fork.get('total')} points passed, forked from one snapshot at {at}")
         return self.error or ""
 
     @property
@@ -99,6 +110,8 @@ class RunResult:
             data.update(self.observation.to_json())
         if self.analysis is not None:
             data["sites"] = self.analysis.summary_json()
+        if self.fork is not None:
+            data["fork"] = dict(self.fork)
         return data
 
     @staticmethod
@@ -125,7 +138,7 @@ class RunResult:
             qemu=QemuRun(tuple(str(a) for a in qemu.get("argv") or []), _int(qemu.get("pid")),
                          _int(qemu.get("exitcode"))) if isinstance(qemu, dict) else None,
             observation=Observation.from_json(data, lines) if data.get("outcome") is not None else None,
-            analysis=analysis, schema=int(str(data.get("schema") or 1)))
+            analysis=analysis, fork=_mapping(data.get("fork")), schema=int(str(data.get("schema") or 1)))
 
 
 def _opt(value: object) -> str | None:
