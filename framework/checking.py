@@ -68,6 +68,11 @@ def check(path: Path, config: Config | None, mode: Mode | None = None) -> Checke
     observation = observe(lines, ending)
     mode = mode or (saved.mode if saved is not None else None)
     verdict = None
+    point = saved.fork.get("point") if saved is not None and saved.fork is not None else None
+    if config is not None and config.sweep is not None and isinstance(point, int) \
+            and 1 <= point <= len(config.sweep.points):
+        from .config import sweep_point  # a forked run's point: judged with its own values written in
+        config = sweep_point(config, point - 1)
     if config is not None:
         from .verdict import judge
         verdict = judge(config, observation, analysis, mode)

@@ -86,6 +86,24 @@ def judge(config: Config, observation: Observation, analysis: Analysis | None = 
     return Verdict("fail" if reasons else "pass", tuple(reasons))
 
 
+def judge_sweep(points: Sequence[tuple[int, str, Verdict]], total: int, failure: str | None) -> Verdict:
+    """A forked run's verdict from its points' ((number, label, verdict), each judged by :func:`judge`): fail when
+    one failed (or ``failure``: the guest never reached the fork point), error when one could not be judged or
+    did not run, else pass."""
+    if failure is not None:
+        return Verdict("fail", (failure,))
+    reasons = [f"point {n} ({label}): {v.reasons[0] if v.reasons else v.verdict}"
+               + (f" (and {len(v.reasons) - 1} more)" if len(v.reasons) > 1 else "")
+               for n, label, v in points if not v.passed]
+    if len(points) < total:
+        reasons.append(f"{total - len(points)} of {total} points did not run")
+    if len(reasons) > MAX_REASONS:
+        reasons = reasons[:MAX_REASONS] + [f"… and {len(reasons) - MAX_REASONS} more"]
+    if any(v.verdict == "fail" for _, _, v in points):
+        return Verdict("fail", tuple(reasons))
+    return Verdict("error", tuple(reasons)) if reasons else Verdict("pass", ())
+
+
 def could_not_run(why: str) -> Verdict:
     """The verdict of a run that could not be judged: bad input, or the machine failed."""
     return Verdict("error", (why,))

@@ -82,13 +82,6 @@ Schema (every key is optional)::
             - record: [addr, len, rsp]    # EXPRs into the log; bare "record": the function's arguments
             - inject-nmi                  # QMP inject-nmi
             - continue                    # only last
-    fork:                    # boot once to here, save the machine (savevm), run every point from it
-      at: alternative_instructions        # a function, symbol+0x10 or an address
-      hit: 1                              # its hit-th arrival (>= 1); default 1
-    sweep:                   # the points; each is judged as a run of its own (needs fork:)
-      hit: 1..2000 step 100               # a range ("1..20"), or a list: [1, 5, 9], [irq.save_fl, cpu.io_delay]
-                             # every combination of the parameters is a point (at most 1000);
-                             # ${hit} in scenario: and expect: is the point's value
 
 EXPR: integers (decimal, 0x hex), registers (rax … r15, rip, rsp, eflags), the
 function's arguments, and kernel symbols (their address), with ``+ - *`` and
@@ -97,6 +90,22 @@ parentheses, in 64-bit unsigned arithmetic. Arguments come from
 exist only when ``on`` is exactly a function's entry; ``addr_in``, ``len`` and
 ``pv_op`` need a function with that argument. Symbols are checked once the
 kernel is known (``scenario.resolve``), before it boots.
+
+A forked run boots once, saves the machine at ``fork.at`` and runs every point of its
+``sweep`` from there, each judged as a run of its own (:mod:`framework.config.sweep`,
+:mod:`framework.observe.fork`)::
+
+    fork:                    # boot once to here, save the machine (savevm), run every point from it
+      at: alternative_instructions        # a function, symbol+0x10 or an address
+      hit: 1                              # its hit-th arrival (>= 1); default 1
+    sweep:                   # the points (needs fork:); every combination of the parameters, at most 1000
+      hit: 1..2000 step 100               # a range ("1..20"), or a list: [1, 5, 9], [irq.save_fl, cpu.io_delay]
+    scenario:
+      rules:
+        - on: {at: text_poke_early, hit: ${hit}}   # a parameter's value, in scenario: and expect: only
+          do: [inject-nmi]
+    expect:
+      nmi: ignored
 
 An empty value (``cmdline:`` with nothing after it) means the default for
 lists and sections, and for ``qemu.cpu``, ``qemu.memory`` and ``expect.crash``;

@@ -33,7 +33,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +49,7 @@ from ..errors import ConfigError, InfrastructureError, LaunchError, UnsupportedE
 from ..kernel.image import Kernel
 from ..report.result import RunResult, write_json, write_result
 from ..scenario import Trigger, location, resolve
-from ..verdict import MAX_REASONS, Verdict, could_not_run, judge
+from ..verdict import Verdict, could_not_run, judge, judge_sweep
 from ..vm.machine import Machine
 from ..vm.qemu import Qemu
 from ..vm.qmp import QMP
@@ -93,22 +93,6 @@ def point_dir_name(n: int, total: int, text: str) -> str:
     safe = "".join(c if c.isalnum() or c in "=,._-" else "_" for c in text)[:80]
     number = f"{n:0{len(str(total))}d}"
     return f"{number}-{safe}" if safe else number
-
-
-def sweep_verdict(done: Sequence[PointDone], total: int, failure: str | None) -> Verdict:
-    """The run's verdict from its points': fail when one failed, error when one could not be judged, else pass."""
-    if failure is not None:
-        return Verdict("fail", (failure,))
-    reasons = [f"point {d.point.n} ({d.point.label}): {d.verdict.reasons[0] if d.verdict.reasons else d.verdict.verdict}"
-               + (f" (and {len(d.verdict.reasons) - 1} more)" if len(d.verdict.reasons) > 1 else "")
-               for d in done if not d.verdict.passed]
-    if len(done) < total:
-        reasons.append(f"{total - len(done)} of {total} points did not run")
-    if len(reasons) > MAX_REASONS:
-        reasons = reasons[:MAX_REASONS] + [f"… and {len(reasons) - MAX_REASONS} more"]
-    if any(d.verdict.verdict == "fail" for d in done):
-        return Verdict("fail", tuple(reasons))
-    return Verdict("error", tuple(reasons)) if reasons else Verdict("pass", ())
 
 
 def _hmp(qmp: QMP, command: str) -> float:
@@ -383,7 +367,8 @@ class Forking:
                            for d in self.done]}
 
     def verdict(self) -> Verdict:
-        return sweep_verdict(self.done, len(self.points), self.failure)
+        return judge_sweep([(d.point.n, d.point.label, d.verdict) for d in self.done], len(self.points),
+                           self.failure)
 
 
 def _stopped(dbg: Rsp) -> bool:
