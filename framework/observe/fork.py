@@ -170,7 +170,7 @@ class Forking:
             raise LaunchError("QEMU ended before its QMP socket could be used", vm.argv, vm.exitcode)
         with Rsp(machine.gdb_socket, self.outdir / "rsp.log") as dbg:
             dbg.connect()
-            reached = self._to_fork_point(dbg, console)
+            reached = self._to_fork_point(dbg, console, qmp)
             if reached is None:
                 return
             prefix = list(console.lines)
@@ -197,8 +197,10 @@ class Forking:
                     pass
 
     def _wait(self, dbg: Rsp, console: ConsoleThread, deadline: float) -> Stop | str:
-        """The next stop, or why the guest will not stop: crashed, guest-ended, timeout."""
+        """The next stop, or why the guest will not stop: crashed, marker, guest-ended, timeout."""
         while True:
+            if console.marker.is_set():
+                return "marker"
             if console.fatal.is_set():
                 return "crashed"
             if console.finished.is_set():
@@ -210,7 +212,7 @@ class Forking:
             except DebuggerTimeout:
                 continue
 
-    def _to_fork_point(self, dbg: Rsp, console: ConsoleThread) -> float | None:
+    def _to_fork_point(self, dbg: Rsp, console: ConsoleThread, qmp: QMP) -> float | None:
         """Boot to the fork point's hit-th arrival; seconds since QEMU started, or None (self.failure says why)."""
         bp = dbg.break_at(self.address)
         deadline = time.monotonic() + self.config.timeout
@@ -233,12 +235,17 @@ class Forking:
                 return None
             if stop.reason == "breakpoint-hit" and stop.address == self.address:
                 hits += 1
+            elif str(qmp.command("query-status").get("status")) in NEEDS_RESET:     # paused by a power-off
+                self.failure = self._not_reached("marker" if console.marker.wait(1.0) else "guest-ended",
+                                                 console, hits)
+                return None
         dbg.delete(bp)
         return time.monotonic() - console.started
 
     def _not_reached(self, why: str, console: ConsoleThread, hits: int) -> str:
         seen = observe(list(console.lines), Ending("log-end", time.monotonic() - console.started)).summary
         what = {"crashed": "it crashed first", "guest-ended": "it ended first",
+                "marker": "it booted to its success marker first",
                 "timeout": f"the timeout ({self.config.timeout:g} s) came first"}[why]
         arrivals = f" (it arrived {hits} time{'s' if hits != 1 else ''}; fork.hit is {self.fork.hit})" if hits else ""
         return f"the guest never reached fork.at {self.fork.at}{arrivals}: {what}; {seen}"
