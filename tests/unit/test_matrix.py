@@ -128,7 +128,7 @@ timeout: 600
     assert spec.timeout == 600.0
     names = [c.name for c in spec.configs]
     assert names == sorted(declared_modes())
-    assert names == sorted(names) and len(names) == 14
+    assert names == sorted(names) and len(names) == 15
     assert {c.path.resolve() for c in spec.configs if c.path} == set(CONFIGS.glob("*.yaml"))
     assert [(e.config, e.kernel, e.mode) for e in spec.exclude] == [("xen-pv-smap-tcg", None, "native")]
 
@@ -257,7 +257,7 @@ def test_every_config_on_every_kernel_in_every_mode(tmp_path: Path) -> None:
     spec = real_matrix(tmp_path)
     plan = expand(spec)
     modes = declared_modes()
-    assert len(plan.cells) == len(modes) * 2 * 2 == 56
+    assert len(plan.cells) == len(modes) * 2 * 2 == 60
     assert len(set(plan.cells)) == len(plan.cells)
     assert {(c.config, c.kernel, c.mode) for c in plan.cells} == {
         (cfg, k, m) for cfg in modes for k in ("debian-6.1", "debian-newest:6.1") for m in MODES}
@@ -286,7 +286,7 @@ def test_not_in_modes_is_exactly_the_configs_that_pin_the_other_mode(tmp_path: P
 def test_excludes_leave_their_cells_out(tmp_path: Path) -> None:
     plan = expand(real_matrix(tmp_path, "exclude:\n  - {config: xen-pv-smap-tcg, mode: native}\n"
                                         "  - {kernel: 'debian-newest:*', config: 'pv-sites-*'}\n"))
-    assert len(plan.cells) == 56 - 2 - 4
+    assert len(plan.cells) == 60 - 2 - 4
     assert not any(c.config == "xen-pv-smap-tcg" and c.mode == "native" for c in plan.cells)
     assert not any(c.kernel == "debian-newest:6.1" and c.config.startswith("pv-sites-") for c in plan.cells)
     assert Cell("pv-sites-native", "debian-6.1", "native") in plan.cells
@@ -503,7 +503,7 @@ def test_results_round_trip_through_json_with_recorded_runs(tmp_path: Path) -> N
                                       "host": {"name": "ci-7", "cpus": 8}, "xen": ["Xen 4.17.5"]})
     data = json.loads(json.dumps(results.to_json()))
     assert data["kind"] == KIND and data["schema"] == 1
-    assert data["matrix"]["digest"] == plan.digest and len(data["matrix"]["cells"]) == 56
+    assert data["matrix"]["digest"] == plan.digest and len(data["matrix"]["cells"]) == 60
     assert data["counts"] == {"pass": 1, "fail": 1, "error": 1, "flaky": 1, "not-applicable": 1, "not-run": 1}
     back = MatrixResults.from_json(data)
     assert back == results
