@@ -57,6 +57,9 @@ def check(path: Path, config: Config | None, mode: Mode | None = None) -> Checke
             raise UnsupportedError(f"{path}: no console.log here; give a run's artefacts directory "
                                    "(e.g. patchscope-out/<name>/<mode>) or a console log file")
         saved = load_result(path)
+        if saved is not None and saved.fork is not None and "points" in saved.fork:
+            raise UnsupportedError(f"{path}: a forked run, whose console holds every point's boot; its points are "
+                                   f"judged one by one: check {path / 'points'}")
         analysis = saved.analysis if saved is not None else load_analysis(path)
     else:
         log = path

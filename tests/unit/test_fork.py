@@ -12,7 +12,7 @@ import pytest
 from framework.analysis.console_log import Ending
 from framework.checking import check
 from framework.config import load_config, parse_config, sweep_point, with_overrides
-from framework.errors import ConfigError
+from framework.errors import ConfigError, UnsupportedError
 from framework.observe.console import ConsoleThread
 from framework.observe.fork import point_dir_name
 from framework.report.result import RunResult, load_result, write_result
@@ -173,6 +173,15 @@ def test_check_judges_a_point_with_its_own_values(tmp_path: Path) -> None:
     assert not [r for r in checked.verdict.reasons if "console line matches" in r], checked.verdict.reasons
     first = judge(cfg, checked.observation, None, "native")
     assert "no console line matches /hit 1/" in first.reasons
+
+
+def test_check_sends_a_forked_run_to_its_points(tmp_path: Path) -> None:
+    (tmp_path / "console.log").write_text("  1.000 | Linux version 6.1\n")
+    write_result(tmp_path, RunResult(name="s", mode="native", verdict="pass", reasons=(), artifacts=str(tmp_path),
+                                     started="", duration_s=1.0, patchscope="0",
+                                     fork={"snapshot": {}, "total": 1, "points": []}))
+    with pytest.raises(UnsupportedError, match=r"judged one by one: check .*/points"):
+        check(tmp_path, None)
 
 
 def _console(chunks: list[bytes]) -> tuple[ConsoleThread, threading.Event]:
