@@ -18,9 +18,10 @@ QEMU's side (all through the run's own unix-socket QMP and gdbstub):
   directory and deleted when the run ends (it holds the guest's RAM);
 - ``-action shutdown=pause`` keeps QEMU when a point's guest powers off (/init does after
   its marker) or panics (``panic=-1`` reboots, which ``-no-reboot`` makes a shutdown);
-- a machine paused by a shutdown "needs a reset" and the gdbstub will not resume it, so
-  before loadvm it is reset (``system_reset``, with the reboot action set to reset for that
-  moment: under ``reboot=shutdown`` a reset request is a shutdown request);
+- a machine paused by a shutdown "needs a reset": the gdbstub will not resume it, nor answer
+  an interrupt (it is not running). It is reset (``system_reset``, with the reboot action set
+  to reset for that moment: under ``reboot=shutdown`` a reset request is a shutdown request)
+  and resumed, and the interrupt then stops it; loadvm replaces all of that;
 - after loadvm the debugger forgets the registers of its last stop (``Rsp.state_replaced``).
 
 Breakpoints live in QEMU's CPU state, not in guest memory, so loadvm keeps them; each
@@ -226,9 +227,9 @@ class Forking:
                 self.failure = self._not_reached(stop, console, hits)
                 if stop != "guest-ended":
                     try:
-                        dbg.interrupt()
-                    except DebuggerError:
-                        pass
+                        self._stop_guest(dbg, qmp)
+                    except (DebuggerError, InfrastructureError):
+                        pass        # the run is over: QEMU is stopped next
                 return None
             if stop.reason in ("exited", "disconnected"):
                 self.failure = self._not_reached("guest-ended", console, hits)
@@ -250,21 +251,46 @@ class Forking:
         arrivals = f" (it arrived {hits} time{'s' if hits != 1 else ''}; fork.hit is {self.fork.hit})" if hits else ""
         return f"the guest never reached fork.at {self.fork.at}{arrivals}: {what}; {seen}"
 
+    @staticmethod
+    def _reset(qmp: QMP, status: str) -> None:
+        """Out of a run state that needs a reset (a shutdown paused the machine): system_reset, with the reboot
+        action set to reset for that moment (under reboot=shutdown a reset request is a shutdown request)."""
+        qmp.command("set-action", reboot="reset")
+        try:
+            qmp.command("system_reset")
+            deadline = time.monotonic() + 10.0
+            while str(qmp.command("query-status").get("status")) in NEEDS_RESET:
+                if time.monotonic() > deadline:
+                    raise InfrastructureError(f"QEMU stayed in run state {status!r} after system_reset; "
+                                              "the next point cannot start from the snapshot")
+                time.sleep(0.01)
+        finally:
+            qmp.command("set-action", reboot="shutdown")
+
+    def _stop_guest(self, dbg: Rsp, qmp: QMP) -> None:
+        """Leave the guest stopped, with the debugger knowing it. A machine that a power-off or a panic paused
+        does not answer the debugger's interrupt (it is not running): it is reset and resumed, so that the
+        interrupt stops it (somewhere in its firmware; loadvm replaces all of it next)."""
+        if _stopped(dbg):
+            return
+        for _ in range(3):
+            status = str(qmp.command("query-status").get("status"))
+            if status in NEEDS_RESET:
+                self._reset(qmp, status)
+                qmp.command("cont")
+            try:
+                dbg.interrupt(timeout=5.0)
+                return
+            except DebuggerTimeout:
+                continue        # it paused between the question and the interrupt: ask again
+        raise InfrastructureError("the guest could not be stopped after its point (no stop reply to three "
+                                  "interrupts); the next point cannot start from the snapshot")
+
     def _restore(self, dbg: Rsp, qmp: QMP) -> None:
-        """Back to the snapshot: the guest stopped, the machine reset if a shutdown paused it, loadvm."""
+        """Back to the snapshot: the machine reset if a shutdown paused it, then loadvm."""
         status = str(qmp.command("query-status").get("status"))
         if status in NEEDS_RESET:
-            qmp.command("set-action", reboot="reset")
-            try:
-                qmp.command("system_reset")
-                deadline = time.monotonic() + 10.0
-                while str(qmp.command("query-status").get("status")) in NEEDS_RESET:
-                    if time.monotonic() > deadline:
-                        raise InfrastructureError(f"QEMU stayed in run state {status!r} after system_reset; "
-                                                  "the next point cannot start from the snapshot")
-                    time.sleep(0.01)
-            finally:
-                qmp.command("set-action", reboot="shutdown")
+            self._reset(qmp, status)
         _hmp(qmp, f"loadvm {SNAPSHOT_TAG}")
         dbg.state_replaced()
 
@@ -294,8 +320,7 @@ class Forking:
             self._settle(console)
         if dbg.connected and ended != "guest-ended":
             try:
-                if not _stopped(dbg):
-                    dbg.interrupt()
+                self._stop_guest(dbg, qmp)
                 session.disarm_all()
             except DebuggerError as err:
                 error = error or f"the guest could not be stopped after the point: {err}"

@@ -77,3 +77,34 @@ fork: {at: alternative_instructions, hit: 2}
     reasons = result_json(artifacts, "fork-unreached", "native")["reasons"]
     assert reasons[0].startswith("the guest never reached fork.at alternative_instructions (it arrived 1 time; "
                                  "fork.hit is 2): it booted to its success marker first"), reasons
+
+
+def test_a_point_that_panics_leaves_the_next_point_its_snapshot(tmp_path: Path, artifacts: Path) -> None:
+    """Seed 000's oversized pv patch in every point: each panics (QEMU pauses instead of ending), and the next one
+    starts again from the snapshot, with a console of its own."""
+    cfg = write_config(tmp_path, "fork-panics", """
+mode: native
+fork: {at: alternative_instructions}
+sweep: {n: [1, 2]}
+scenario:
+  rules:
+    - on: apply_paravirt
+      do:
+        - record: [start + ${n}]
+        - write: {at: "start + 9", bytes: "02"}
+expect:
+  outcome: panics
+  crash: '^kernel BUG in apply_paravirt'
+""")
+    res = patchscope("run", str(cfg), "--artifacts", str(artifacts))
+    assert res.returncode == 0, res.stdout + res.stderr
+    run = artifacts / "fork-panics" / "native"
+    sweep = json.loads((run / "sweep.json").read_text())
+    assert [p["verdict"] for p in sweep["points"]] == ["pass", "pass"], sweep
+    for point in sweep["points"]:
+        folder = Path(point["artifacts"])
+        log = (folder / "console.log").read_text()
+        assert log.count("kernel BUG at") == 1 and log.count("Linux version") == 1, log[-2000:]
+        stop = json.loads((folder / "scenario.jsonl").read_text().splitlines()[0])
+        start = int(stop["effects"][0]["values"]["start + " + str(point["n"])], 16)
+        assert stop["hit"] == 1 and start > 0
