@@ -135,17 +135,21 @@ class ConsoleThread(threading.Thread):
         stopped guest printed last has arrived; at most ``limit``), its crash and marker are looked for
         afresh. Returns the index in ``lines`` of the new guest's first line."""
         assert self._forked, "new_segment() is for a console made with forked=True"
-        deadline = time.monotonic() + limit
-        seen = len(self.lines)
-        while time.monotonic() < deadline:
-            time.sleep(quiet)
-            if len(self.lines) == seen:
-                break
-            seen = len(self.lines)
+        self.wait_quiet(quiet, limit)
         self.marker.clear()
         self.fatal.clear()
         self._segment += 1
         return len(self.lines)
+
+    def wait_quiet(self, quiet: float, limit: float) -> None:
+        """Until no line has arrived for ``quiet`` seconds, at most ``limit`` seconds, or the console's end."""
+        deadline = time.monotonic() + limit
+        seen = len(self.lines)
+        while (left := deadline - time.monotonic()) > 0 and not self.finished.is_set():
+            time.sleep(min(quiet, left))
+            if len(self.lines) == seen:
+                return
+            seen = len(self.lines)
 
     def hold(self) -> None:
         self._held.set()

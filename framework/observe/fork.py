@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..analysis.console_log import Ending, EndReason, TimedLine, format_line
-from ..analysis.findings import Analysis, LoggedStop, ScenarioLog
+from ..analysis.findings import Analysis
 from ..analysis.observation import Observation, observe
 from ..config import Config, sweep_point
 from ..config.sweep import label
@@ -56,7 +56,7 @@ from ..vm.qemu import Qemu
 from ..vm.qmp import QMP
 from .capture import Plan
 from .console import FATAL_CAP, FATAL_GRACE, ConsoleThread
-from .inspection import _wait_for_gdbstub, load_tables
+from .inspection import _wait_for_gdbstub, load_tables, pv_maps, scenario_log
 from .session import Options, Session
 
 SNAPSHOT_TAG = "patchscope-fork"
@@ -120,9 +120,7 @@ class Forking:
             raise UnsupportedError("a forked run (fork:) keeps its snapshot on a qcow2 drive made by qemu-img, "
                                    "which is not installed: install qemu-utils (./bootstrap does)")
         _vmlinux, self.symbols, sites = load_tables(kernel, note)
-        pv = sites.get("paravirt", [])
-        self.pv_ops = {s.slot: s.op for s in pv if s.slot is not None and s.op}
-        self.pv_sites = {s.address: s.slot for s in pv if s.slot is not None}
+        self.pv_ops, self.pv_sites = pv_maps(sites)
         self.address = location(Trigger(self.fork.at, line=self.fork.line), self.symbols, config.path)
         count = len(config.sweep.points) if config.sweep is not None else 1
         self.points: list[Point] = []
@@ -197,8 +195,10 @@ class Forking:
                 except DebuggerError:
                     pass
 
-    def _wait(self, dbg: Rsp, console: ConsoleThread, deadline: float) -> Stop | str:
-        """The next stop, or why the guest will not stop: crashed, marker, guest-ended, timeout."""
+    @staticmethod
+    def _wait(dbg: Rsp, console: ConsoleThread, deadline: float, poll: float = 0.5) -> Stop | str:
+        """The next stop, or why the guest will not stop: crashed, marker, guest-ended, timeout (looked at every
+        ``poll`` seconds)."""
         while True:
             if console.marker.is_set():
                 return "marker"
@@ -209,7 +209,7 @@ class Forking:
             if time.monotonic() > deadline:
                 return "timeout"
             try:
-                return dbg.wait_stop(0.5)
+                return dbg.wait_stop(poll)
             except DebuggerTimeout:
                 continue
 
@@ -317,7 +317,7 @@ class Forking:
         if ended == "done":         # nothing left to stop for: the guest runs on to its end
             ended = self._run_on(dbg, console, session.deadline)
         if ended == "crashed":      # the rest of the crash report, then stop the guest
-            self._settle(console)
+            console.wait_quiet(FATAL_GRACE, FATAL_CAP)
         if dbg.connected and ended != "guest-ended":
             try:
                 self._stop_guest(dbg, qmp)
@@ -328,8 +328,7 @@ class Forking:
             "timeout" if ended == "timeout" else "exit"
         lines = prefix + console.lines[start:]
         observation = observe(lines, Ending(reason, time.monotonic() - console.started))
-        scenario = ScenarioLog(tuple(LoggedStop.from_json(s.to_json(self.symbols)) for s in out.stops),
-                               tuple(out.nmis), out.bound_reached) if cfg.scenario is not None else None
+        scenario = scenario_log(out, self.symbols) if cfg.scenario is not None else None
         analysis = Analysis(scenario=scenario, error=out.error or error)
         verdict = judge(cfg, observation, analysis, self.mode) if observation.outcome != "unknown" or ended != "exit" \
             else could_not_run(f"QEMU ended during the point: {observation.summary}")
@@ -342,36 +341,11 @@ class Forking:
     def _run_on(self, dbg: Rsp, console: ConsoleThread, deadline: float) -> str:
         console.release()
         dbg.cont()
-        while True:
-            if console.marker.is_set():
-                return "marker"
-            if console.fatal.is_set():
-                return "crashed"
-            if console.finished.is_set():
-                return "guest-ended"
-            if time.monotonic() > deadline:
-                return "timeout"
-            try:
-                dbg.wait_stop(0.1)       # the guest stopped by itself: its shutdown paused QEMU
-            except DebuggerTimeout:
-                continue
-            console.marker.wait(1.0)
-            return "marker" if console.marker.is_set() else "crashed" if console.fatal.is_set() else "guest-ended"
-
-    @staticmethod
-    def _settle(console: ConsoleThread) -> None:
-        """Until the console has been quiet for FATAL_GRACE seconds (at most FATAL_CAP): the crash report."""
-        deadline = time.monotonic() + FATAL_CAP
-        seen = len(console.lines)
-        while time.monotonic() < deadline and not console.finished.is_set():
-            time.sleep(FATAL_GRACE / 4)
-            if len(console.lines) == seen:
-                quiet_since = time.monotonic()
-                while len(console.lines) == seen and time.monotonic() - quiet_since < FATAL_GRACE:
-                    time.sleep(0.1)
-                if len(console.lines) == seen:
-                    return
-            seen = len(console.lines)
+        stop = self._wait(dbg, console, deadline, poll=0.1)
+        if isinstance(stop, str):
+            return stop
+        console.marker.wait(1.0)        # the guest stopped by itself: its shutdown paused QEMU
+        return "marker" if console.marker.is_set() else "crashed" if console.fatal.is_set() else "guest-ended"
 
     # artefacts -----------------------------------------------------------------------------
     def _write_point(self, point: Point, lines: list[TimedLine], verdict: Verdict, observation: Observation,

@@ -88,6 +88,19 @@ def load_tables(kernel: Kernel, note: Note) -> tuple[Vmlinux, Symbols, dict[str,
     return vmlinux, symbols or Symbols.from_elf(kernel.vmlinux), sites
 
 
+def pv_maps(sites: Mapping[str, list[Site]]) -> tuple[dict[int, str], dict[int, int]]:
+    """(pv_ops slot -> op name, paravirt site address -> slot): what scenario conditions on pv ops read."""
+    pv = sites.get("paravirt", [])
+    return ({s.slot: s.op for s in pv if s.slot is not None and s.op},
+            {s.address: s.slot for s in pv if s.slot is not None})
+
+
+def scenario_log(out: Outcome, symbols: Symbols) -> ScenarioLog:
+    """A session's scenario stops and NMIs as the verdict reads them and scenario.jsonl keeps them."""
+    return ScenarioLog(tuple(LoggedStop.from_json(s.to_json(symbols)) for s in out.stops), tuple(out.nmis),
+                       out.bound_reached)
+
+
 def baseline_for(vmlinux: Vmlinux, symbols: Symbols, sites: Mapping[str, list[Site]], report_tables: Sequence[str],
                  known_more: Sequence[tuple[int, int]] = ()) -> Baseline:
     """What every capture of the reported tables is compared against."""
@@ -237,9 +250,7 @@ class Inspection:
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise ConfigError(where[0], where[1], f"inspect.capture: {kernel.ref} has no symbol {name!r}"
                                   f"{hint}; capture at before-patching, after-patching, booted or a function")
-        pv = self.sites.get("paravirt", [])
-        self.pv_ops = {s.slot: s.op for s in pv if s.slot is not None and s.op}
-        self.pv_sites = {s.address: s.slot for s in pv if s.slot is not None}
+        self.pv_ops, self.pv_sites = pv_maps(self.sites)
         if scenario is not None:
             # every location, symbol and pv op of the scenario, checked before anything boots
             resolve(scenario, self.symbols, self.config_path, self.pv_ops)
@@ -457,8 +468,7 @@ class Inspection:
                                  self.plugin.stats.to_json() if self.plugin is not None and self.plugin.stats else None)
         scenario = None
         if self.scenario is not None:
-            scenario = ScenarioLog(tuple(LoggedStop.from_json(s.to_json(self.symbols)) for s in out.stops),
-                                   tuple(out.nmis), out.bound_reached)
+            scenario = scenario_log(out, self.symbols)
         orc = {}
         if self.inspect.orc and self.orc_table is not None:
             for name, comparison in comparisons.items():
